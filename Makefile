@@ -1,0 +1,48 @@
+# One command runs the platform, one runs the tests. Only Python 3.11+ and make are needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test chromium lint bench clean
+
+$(INSTALLED): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## run: web, three workers, beat and Flower (and a bundled Redis when none answers)
+run: $(INSTALLED)
+	$(PY) -m project.launcher
+
+## test: the whole suite against real Redis, worker, beat and Flower processes (and headless Chromium)
+test: $(INSTALLED) chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## chromium: Debian's Chromium for the browser tests (tests/e2e/test_job_page.py), installed as root
+## when missing; Playwright drives it, its own browser download is never used.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@if [ -x $(CHROMIUM) ]; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser tests"; \
+		apt-get update && apt-get install -y --no-install-recommends chromium; \
+	else \
+		echo "$(CHROMIUM) is missing: the browser tests will fail. Install it with:"; \
+		echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium"; \
+	fi
+
+## bench: priorities (a critical job behind a bulk backlog) and enqueue throughput and latency
+## against raw Celery; BENCH_DATABASE_URL=postgres://... benchmarks on PostgreSQL
+bench: $(INSTALLED)
+	$(PY) -m bench.priority
+	$(PY) -m bench.enqueue
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

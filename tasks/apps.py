@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class TasksConfig(AppConfig):
+    name = "tasks"
+    verbose_name = "Task platform"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Register the tasks in every process (web validates payloads against them).
+        from tasks import signals, tasks  # noqa: F401 - registers the tasks and worker signal handlers
+        from tasks.services.schedules import schedules_seed
+
+        post_migrate.connect(schedules_seed, sender=self)

@@ -1,0 +1,16 @@
+"""The platform's queues, declared once: celeryconfig, the API, admin, Procfile and compose use these."""
+
+from django.db import models
+
+
+class QueueName(models.TextChoices):
+    # Each queue has its own worker pool, so a flood of bulk work never delays critical work.
+    CRITICAL = "critical", "Critical (user-facing, short)"
+    DEFAULT = "default", "Default"
+    BULK = "bulk", "Bulk (CPU-heavy, batch)"
+
+
+#: Redis priority steps: 0 is the most urgent, 9 the least (kombu's Redis convention).
+PRIORITY_HIGHEST = 0
+PRIORITY_LOWEST = 9
+PRIORITY_DEFAULT = 5

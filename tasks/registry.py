@@ -1,0 +1,153 @@
+"""Public tasks: the tasks a client may enqueue by name, each with a payload schema.
+
+The same pydantic schema validates a payload when it is enqueued (service and API) and again
+when a worker starts the task. Every task runs through ``LedgerTask``, which checks the ledger
+before a run and records how it ended: succeeded, retrying (with backoff), failed or dead.
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery import Task, shared_task
+from celery.exceptions import Ignore, Retry
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+from pydantic import BaseModel, ValidationError
+
+from tasks.errors import PermanentError
+from tasks.models import Job
+from tasks.services import ledger
+
+#: name -> task, for every public task; filled by @public_task as the task modules load
+PUBLIC_TASKS: dict[str, LedgerTask] = {}
+
+#: errors no retry can mend: an explicit PermanentError, and a payload the schema refuses
+ALWAYS_PERMANENT = (PermanentError, ValidationError)
+#: retries through the broker while the database itself is unreachable (about an hour with backoff)
+LEDGER_OUTAGE_MAX_RETRIES = 60
+
+
+class LedgerTask(Task):
+    """Keeps the job ledger in step with each run, and decides what a failure means.
+
+    Class attributes a task may override: ``max_attempts``, ``backoff_base``,
+    ``backoff_max`` (seconds) and ``permanent_errors`` (exception types that mean "dead at once";
+    ``PermanentError`` and an invalid payload always do).
+    """
+
+    payload_schema: type[BaseModel]
+    max_attempts: int | None = None
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+    permanent_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        try:
+            attempt = ledger.job_begin_attempt(
+                job_id=request.id,
+                task_name=self.name,
+                queue=(request.delivery_info or {}).get("routing_key", ""),
+                worker=request.hostname or "",
+                payload=kwargs,
+                origin=self._origin(),
+                max_attempts=self.max_attempts or settings.TASK_MAX_ATTEMPTS,
+                max_worker_losses=settings.TASK_MAX_WORKER_LOSSES,
+            )
+        except DatabaseError as exc:
+            raise self._retry_through_broker(exc) from exc
+        if attempt is None:
+            raise Ignore()  # cancelled, already done, or dead: acknowledged without running
+        request.attempt = attempt.number
+        try:
+            result = super().__call__(*args, **kwargs)
+        except (Retry, Ignore):
+            raise  # the task steers Celery itself
+        except Exception as exc:
+            self._record_failure(exc, attempt)
+            raise
+        try:
+            ledger.job_attempt_succeeded(job_id=request.id, number=attempt.number, result=result)
+        except DatabaseError as exc:
+            # The result cannot be recorded: run again once the database is back (tasks are idempotent).
+            raise self._retry_through_broker(exc) from exc
+        return result
+
+    def report_progress(self, percent: int, message: str = "") -> None:
+        """Record how far the job is (0-100) and a short message; watchers see it live."""
+        ledger.job_report_progress(job_id=self.request.id, percent=percent, message=message)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        # Called in the worker's main process for a hard time limit: the child that ran the task
+        # was killed, so __call__ could not record it.
+        if isinstance(exc, TimeLimitExceeded):
+            ledger.job_attempt_failed(
+                job_id=task_id,
+                number=None,
+                error=f"time limit exceeded (hard limit {exc.args[0] if exc.args else ''}s): the worker was replaced",
+                traceback="",
+                state=Job.State.FAILED,
+            )
+
+    def _origin(self) -> str:
+        periodic = getattr(self.request, "periodic_task_name", None)
+        return f"beat:{periodic}" if periodic else ""
+
+    def _record_failure(self, exc: Exception, attempt: ledger.Attempt) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        retry_at = None
+        if isinstance(exc, SoftTimeLimitExceeded):
+            state, error = Job.State.FAILED, "time limit exceeded (soft limit): the task was stopped"
+        elif isinstance(exc, (*ALWAYS_PERMANENT, *self.permanent_errors)):
+            state = Job.State.DEAD
+        elif attempt.last:
+            state, error = Job.State.DEAD, f"{error} (gave up after {attempt.used} attempts)"
+        else:
+            state = Job.State.RETRYING
+            retry_at = timezone.now() + ledger.backoff_delay(
+                attempt.used,
+                base=self.backoff_base if self.backoff_base is not None else settings.TASK_BACKOFF_BASE_SECONDS,
+                ceiling=self.backoff_max or settings.TASK_BACKOFF_MAX_SECONDS,
+            )
+        try:
+            ledger.job_attempt_failed(
+                job_id=self.request.id,
+                number=attempt.number,
+                error=error,
+                traceback=traceback.format_exc(),
+                state=state,
+                retry_at=retry_at,
+            )
+        except DatabaseError as db_exc:
+            raise self._retry_through_broker(db_exc) from exc
+        if retry_at is not None:
+            # Shown as RETRY in Flower; the relay publishes the job again at retry_at.
+            raise Retry(exc=exc, when=retry_at) from exc
+
+    def _retry_through_broker(self, exc: DatabaseError) -> Retry:
+        """The database is unreachable, so the ledger cannot schedule the retry: the broker does."""
+        delay = ledger.backoff_delay(
+            self.request.retries + 1, base=max(settings.TASK_BACKOFF_BASE_SECONDS, 1), ceiling=60
+        )
+        return self.retry(exc=exc, countdown=delay.total_seconds(), max_retries=LEDGER_OUTAGE_MAX_RETRIES)
+
+
+def public_task(*, name: str, payload: type[BaseModel], **options: Any) -> Callable:
+    """Declare a public task; the function receives the task and the validated payload model."""
+
+    def decorate(function: Callable[[LedgerTask, BaseModel], Any]) -> LedgerTask:
+        @functools.wraps(function)
+        def run(self: LedgerTask, **kwargs: Any) -> Any:
+            return function(self, self.payload_schema.model_validate(kwargs))
+
+        task = shared_task(name=name, base=LedgerTask, bind=True, payload_schema=payload, **options)(run)
+        PUBLIC_TASKS[name] = task
+        return task
+
+    return decorate

@@ -1,0 +1,1 @@
+"""Read-only queries for views: what a caller may see of the job ledger and the broker."""

@@ -1,0 +1,32 @@
+"""Live job events on Redis pub/sub: state changes and progress, for the SSE stream."""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import cache
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+
+def job_channel(job_id: object) -> str:
+    return f"jobs:{job_id}:events"
+
+
+@cache
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+
+
+def job_event_publish(*, job_id: object, kind: str, **data: Any) -> None:
+    """Tell live watchers; the ledger stays the record, so a lost event is only a late update."""
+    event = {"type": kind, "job": str(job_id), "at": timezone.now().isoformat(), **data}
+    try:
+        _client().publish(job_channel(job_id), json.dumps(event))
+    except redis.RedisError as exc:
+        logger.warning("job %s: %s event not published (%s)", job_id, kind, exc)

@@ -1,0 +1,258 @@
+"""Enqueueing: the only way a view, admin action or service starts a job.
+
+The ledger row is written in the caller's transaction and the message is published after commit,
+with the job id as the Celery task id. A row the publish never reached (Redis down, a crash in
+between) is published later by the relay (tasks.services.relay), which also releases delayed jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache, partial
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from kombu.exceptions import BatchPublishError, OperationalError
+from pydantic import ValidationError
+
+from tasks.models import Job
+from tasks.models.jobs import UNPUBLISHED_STATES
+from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
+from tasks.registry import PUBLIC_TASKS
+
+logger = logging.getLogger(__name__)
+
+#: longest delay accepted; longer waits belong in a schedule
+MAX_DELAY = timedelta(days=30)
+#: most attempts a single enqueue may ask for
+MAX_ATTEMPTS_LIMIT = 100
+#: publishes per Redis pipeline in enqueue_many
+PUBLISH_BATCH_SIZE = 1000
+
+
+class EnqueueError(Exception):
+    """The request to enqueue is invalid; nothing was written."""
+
+    code = "invalid"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class UnknownTask(EnqueueError):
+    code = "unknown_task"
+
+
+class InvalidPayload(EnqueueError):
+    code = "invalid_payload"
+
+
+class InvalidOption(EnqueueError):
+    code = "invalid_option"
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job to enqueue, as job_enqueue_many takes them."""
+
+    task_name: str
+    payload: dict[str, Any] | None = None
+    queue: str | None = None
+    priority: int | None = None
+    delay: timedelta | float | None = None
+    idempotency_key: str | None = None
+    max_attempts: int | None = None
+
+
+def job_enqueue(
+    *,
+    task_name: str,
+    payload: dict[str, Any] | None = None,
+    owner=None,
+    queue: str | None = None,
+    priority: int | None = None,
+    delay: timedelta | float | None = None,
+    idempotency_key: str | None = None,
+    max_attempts: int | None = None,
+    origin: str = "",
+) -> Job:
+    """Validate, write the ledger row in the caller's transaction, publish after commit.
+
+    Returns the job at once (``job.created`` is False when an earlier job with the same
+    idempotency key is returned instead). When the publish fails (Redis down) the row stays
+    ``pending`` for the relay and ``job.publish_error`` says why.
+    """
+    request = JobRequest(task_name, payload, queue, priority, delay, idempotency_key, max_attempts)
+    job = _job_build(request, owner=owner, origin=origin)
+    if idempotency_key is None:
+        job.save(force_insert=True)  # in the caller's transaction, or committed at once
+    else:
+        try:
+            # A savepoint inside the caller's transaction: a duplicate must not spoil it.
+            with transaction.atomic():
+                job.save(force_insert=True)
+        except IntegrityError:
+            first = Job.objects.get(task_name=task_name, idempotency_key=idempotency_key)
+            first.created, first.publish_error = False, ""
+            return first
+    if job.state == Job.State.PENDING:
+        # After the caller's commit; at once when there is no transaction around this call.
+        transaction.on_commit(partial(job_publish, job=job))
+    return job
+
+
+def job_enqueue_many(*, requests: Sequence[JobRequest], owner=None, origin: str = "") -> list[Job]:
+    """Enqueue many jobs: all valid or none written, one bulk insert, one pipelined publish.
+
+    Returns the jobs in the order asked, an earlier job where an idempotency key repeats one.
+    """
+    built = []
+    for index, request in enumerate(requests):
+        try:
+            built.append(_job_build(request, owner=owner, origin=origin))
+        except EnqueueError as exc:
+            exc.details["index"] = index
+            raise
+    first_with_key: dict[tuple[str, str], Job] = {}
+    for job in built:
+        if job.idempotency_key is not None:
+            first_with_key.setdefault((job.task_name, job.idempotency_key), job)
+    with transaction.atomic():
+        Job.objects.bulk_create(built, ignore_conflicts=bool(first_with_key))
+        if first_with_key:
+            holders = _jobs_holding_keys(first_with_key)
+            built = [holders[j.task_name, j.idempotency_key] if j.idempotency_key is not None else j for j in built]
+        fresh = list({job.pk: job for job in built if job.created and job.state == Job.State.PENDING}.values())
+        if fresh:
+            transaction.on_commit(partial(job_publish_many, jobs=fresh))
+    return built
+
+
+def _jobs_holding_keys(first_with_key: dict[tuple[str, str], Job]) -> dict[tuple[str, str], Job]:
+    """After an insert that skipped key conflicts: the job that holds each key, ours or an earlier one."""
+    inserted = set(Job.objects.filter(pk__in=[job.pk for job in first_with_key.values()]).values_list("pk", flat=True))
+    holders = {}
+    for (task_name, key), job in first_with_key.items():
+        if job.pk not in inserted:
+            job = Job.objects.get(task_name=task_name, idempotency_key=key)
+            job.created, job.publish_error = False, ""
+        holders[task_name, key] = job
+    return holders
+
+
+def _job_build(request: JobRequest, *, owner, origin: str) -> Job:
+    """Validate one request into an unsaved Job, or raise EnqueueError naming the problem."""
+    task = PUBLIC_TASKS.get(request.task_name)
+    if task is None:
+        raise UnknownTask(f"unknown task {request.task_name!r}", tasks=sorted(PUBLIC_TASKS))
+    try:
+        data = task.payload_schema.model_validate(request.payload or {}).model_dump(mode="json")
+    except ValidationError as exc:
+        errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        raise InvalidPayload(f"payload does not match {request.task_name}'s schema", errors=errors) from None
+    queue = request.queue
+    if queue is None:
+        queue = task_queue(request.task_name)
+    elif queue not in QueueName.values:
+        raise InvalidOption(f"unknown queue {queue!r}", queues=QueueName.values)
+    priority = PRIORITY_DEFAULT if request.priority is None else request.priority
+    if not PRIORITY_HIGHEST <= priority <= PRIORITY_LOWEST:
+        raise InvalidOption(f"priority must be between {PRIORITY_HIGHEST} (most urgent) and {PRIORITY_LOWEST}")
+    delay = request.delay
+    try:
+        if delay is not None and not isinstance(delay, timedelta):
+            delay = timedelta(seconds=delay)
+        if delay is not None and not timedelta(0) <= delay <= MAX_DELAY:
+            raise ValueError
+    except (ValueError, OverflowError):  # also NaN and absurdly large numbers
+        raise InvalidOption(f"delay must be between 0 and {MAX_DELAY.days} days") from None
+    if request.max_attempts is not None and not 1 <= request.max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise InvalidOption(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
+    key = request.idempotency_key
+    if key is not None and not 1 <= len(key) <= Job._meta.get_field("idempotency_key").max_length:
+        raise InvalidOption("idempotency_key must be 1 to 200 characters")
+
+    now = timezone.now()
+    delayed = bool(delay)
+    job = Job(
+        task_name=request.task_name,
+        payload=data,
+        queue=queue,
+        priority=priority,
+        owner=owner,
+        origin=origin,
+        idempotency_key=key,
+        max_attempts=request.max_attempts,
+        state=Job.State.SCHEDULED if delayed else Job.State.PENDING,
+        run_at=now + delay if delayed else None,
+        # The enqueuing process holds the publish lease; the relay takes over if it never publishes.
+        publishing_since=None if delayed else now,
+    )
+    job.created, job.publish_error = True, ""
+    return job
+
+
+@cache
+def task_queue(task_name: str) -> str:
+    """The queue celeryconfig's routes give a task (routes are static configuration)."""
+    from project.celery import app
+
+    route = app.amqp.router.route({}, task_name)
+    return route["queue"].name
+
+
+def job_publish(*, job: Job) -> bool:
+    """Publish one job whose lease the caller holds; see job_publish_many."""
+    return job_publish_many(jobs=[job])
+
+
+def job_publish_many(*, jobs: Sequence[Job]) -> bool:
+    """Send the jobs' messages in one Redis pipeline, then mark them queued and free their lease.
+
+    On a broker error nothing is marked: the leases are freed so the relay retries at once, and
+    each job's ``publish_error`` says why.
+    """
+    from project.celery import app
+
+    published_at = timezone.now()  # before sending: a fast worker may start a job at once
+    ids = [job.pk for job in jobs]
+    try:
+        with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
+            for job in jobs:
+                PUBLIC_TASKS[job.task_name].apply_async(
+                    kwargs=job.payload,
+                    task_id=str(job.pk),
+                    queue=job.queue,
+                    priority=job.priority,
+                    producer=producer,
+                    # Time limits are the worker's to apply (its settings, the task's own): without
+                    # these, Celery would stamp the publishing process's limits on the message.
+                    time_limit=None,
+                    soft_time_limit=None,
+                )
+    except (OperationalError, BatchPublishError) as exc:
+        # A batch cut off mid-flush may have delivered part of it: publishing again is at-least-once,
+        # and the worker's ledger check drops a copy of a job that already finished.
+        logger.warning("%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(jobs), exc)
+        Job.objects.filter(pk__in=ids).update(publishing_since=None)
+        for job in jobs:
+            job.publish_error = str(exc)
+        return False
+    queued = Job.objects.filter(pk__in=ids, state__in=UNPUBLISHED_STATES)
+    if queued.update(state=Job.State.QUEUED, queued_at=published_at, publishing_since=None) < len(ids):
+        # Some were already started by a fast worker: keep their state, record when they were sent.
+        Job.objects.filter(pk__in=ids, publishing_since__isnull=False).update(
+            publishing_since=None, queued_at=Coalesce(F("queued_at"), Value(published_at))
+        )
+    for job in jobs:
+        job.publish_error = ""
+        if job.state in UNPUBLISHED_STATES:
+            job.state, job.queued_at = Job.State.QUEUED, published_at
+    return True

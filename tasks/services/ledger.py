@@ -1,0 +1,143 @@
+"""Ledger writes made by workers as a job runs; each also goes out as a live event."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from tasks.models import Job, JobAttempt
+from tasks.models.jobs import FINISHED_STATES
+from tasks.services.events import job_event_publish
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A run the worker may go ahead with: its number, and how much of the budget is used."""
+
+    number: int
+    used: int
+    allowed: int
+
+    @property
+    def last(self) -> bool:
+        return self.used >= self.allowed
+
+
+def backoff_delay(attempt: int, *, base: float, ceiling: float) -> timedelta:
+    """Exponential backoff with a ceiling and jitter (half to all of the step), so retries spread out."""
+    step = min(ceiling, base * 2 ** max(attempt - 1, 0))
+    return timedelta(seconds=random.uniform(step / 2, step))  # noqa: S311 - jitter, not security
+
+
+def job_begin_attempt(
+    *,
+    job_id: str,
+    task_name: str,
+    queue: str,
+    worker: str,
+    payload: dict,
+    origin: str,
+    max_attempts: int,
+    max_worker_losses: int,
+) -> Attempt | None:
+    """Check the ledger before running: None means do not run (cancelled, already finished, or
+    dead now because its workers kept dying); otherwise the job is started and the attempt recorded."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        if job is None:
+            # A message that did not come through enqueue (beat, another producer) gets its row
+            # here, so the ledger knows every job that ran.
+            job = Job.objects.create(
+                id=job_id, task_name=task_name, queue=queue, payload=payload, origin=origin, queued_at=now
+            )
+        if job.state in FINISHED_STATES:
+            return None
+        # Attempts still "running" at a new delivery lost their worker (killed, OOM, crash).
+        JobAttempt.objects.filter(job=job, outcome=JobAttempt.Outcome.RUNNING).update(
+            outcome=JobAttempt.Outcome.LOST, finished_at=now, error="the worker was lost during the run"
+        )
+        lost = JobAttempt.objects.filter(
+            job=job, outcome=JobAttempt.Outcome.LOST, number__gt=job.attempts_before_retry
+        ).count()
+        if lost >= max_worker_losses:
+            reason = f"dead: its worker was lost {lost} times while running it (a poison job?)"
+            _finish(job, Job.State.DEAD, error=reason, at=now)
+            return None
+        job.attempts += 1
+        job.state, job.started_at, job.worker, job.queue = Job.State.STARTED, now, worker, queue or job.queue
+        job.save(update_fields=["attempts", "state", "started_at", "worker", "queue"])
+        JobAttempt.objects.create(job=job, number=job.attempts, worker=worker, started_at=now)
+    job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
+    allowed = job.max_attempts or max_attempts
+    return Attempt(number=job.attempts, used=job.attempts - job.attempts_before_retry, allowed=allowed)
+
+
+def job_report_progress(*, job_id: str, percent: int, message: str = "") -> None:
+    percent = max(0, min(100, int(percent)))
+    message = message[:200]
+    Job.objects.filter(pk=job_id).update(progress=percent, progress_message=message)
+    job_event_publish(job_id=job_id, kind="progress", progress=percent, message=message)
+
+
+def job_attempt_succeeded(*, job_id: str, number: int, result: Any) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        _close_attempt(job_id, number, JobAttempt.Outcome.SUCCEEDED, at=now)
+        # Only a started job: a job cancelled while it ran stays cancelled.
+        Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(
+            state=Job.State.SUCCEEDED, result=result, progress=100, error="", traceback="", finished_at=now
+        )
+    job_event_publish(job_id=job_id, kind="state", state=Job.State.SUCCEEDED, result=result)
+
+
+def job_attempt_failed(
+    *, job_id: str, number: int | None, error: str, traceback: str, state: str, retry_at: datetime | None = None
+) -> None:
+    """Record a failed run: ``state`` is retrying (again at ``retry_at``), failed or dead."""
+    now = timezone.now()
+    with transaction.atomic():
+        _close_attempt(job_id, number, JobAttempt.Outcome.FAILED, at=now, error=error)
+        fields = {"state": state, "error": error, "traceback": traceback}
+        if state == Job.State.RETRYING:
+            fields.update(run_at=retry_at, publishing_since=None)
+        else:
+            fields["finished_at"] = now
+        Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(**fields)
+    job_event_publish(job_id=job_id, kind="state", state=state, error=error)
+
+
+def _close_attempt(job_id: str, number: int | None, outcome: str, *, at: datetime, error: str = "") -> None:
+    """Close attempt ``number``, or (None: its process is gone) whichever attempt is running."""
+    attempts = JobAttempt.objects.filter(job_id=job_id)
+    attempts = attempts.filter(number=number) if number is not None else attempts.filter(outcome="running")
+    attempts.update(outcome=outcome, finished_at=at, error=error)
+
+
+def _finish(job: Job, state: str, *, error: str, at: datetime) -> None:
+    job.state, job.error, job.finished_at = state, error, at
+    job.save(update_fields=["state", "error", "finished_at"])
+    job_event_publish(job_id=job.pk, kind="state", state=state, error=error)
+
+
+def job_mark_undeliverable(*, job_id: str, reason: str) -> bool:
+    """A worker refused the job's message (unknown task, content it may not accept): the job is
+    dead with ``reason``, unless it already finished. True when the ledger row changed."""
+    now = timezone.now()
+    try:
+        changed = (
+            Job.objects.filter(pk=job_id)
+            .exclude(state__in=FINISHED_STATES)
+            .update(state=Job.State.DEAD, error=reason, finished_at=now, publishing_since=None)
+        )
+    except (ValueError, ValidationError):
+        return False  # not a job id of ours (a message from another producer)
+    if changed:
+        job_event_publish(job_id=job_id, kind="state", state=Job.State.DEAD, error=reason)
+    return bool(changed)

@@ -1,0 +1,112 @@
+"""Ops tasks: check from outside that every queue is consumed and the platform behaves."""
+
+import math
+import time
+from typing import Literal
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
+from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.errors import PermanentError
+from tasks.registry import LedgerTask, public_task
+
+logger = get_task_logger(__name__)
+
+MAX_HOLD_SECONDS = 300
+#: a hold reports progress about this often, in at most PROGRESS_MAX_REPORTS reports
+PROGRESS_INTERVAL_SECONDS = 0.25
+PROGRESS_MAX_REPORTS = 100
+
+
+class PingPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hold_seconds: float = Field(
+        0,
+        ge=0,
+        le=MAX_HOLD_SECONDS,
+        description="Keep the worker busy this long, to exercise time limits, failover and shutdown.",
+    )
+    ignore_soft_limit: bool = Field(
+        False, description="Keep holding past the soft time limit, so that the hard limit ends the run."
+    )
+
+
+@public_task(name="ops.ping", payload=PingPayload)
+def ops_ping(task: LedgerTask, payload: PingPayload) -> dict:
+    """Report which worker and queue ran this job."""
+    queue = (task.request.delivery_info or {}).get("routing_key", "")
+    logger.info("ping on %s from queue %s, holding %ss", task.request.hostname, queue, payload.hold_seconds)
+    if payload.hold_seconds:
+        try:
+            _hold(task, payload.hold_seconds)
+        except SoftTimeLimitExceeded:
+            if not payload.ignore_soft_limit:
+                raise
+            logger.warning("soft time limit ignored on request: holding until the hard limit")
+            time.sleep(payload.hold_seconds)
+    return {"worker": task.request.hostname, "queue": queue, "held_seconds": payload.hold_seconds}
+
+
+def _hold(task: LedgerTask, seconds: float) -> None:
+    """Sleep ``seconds`` in even steps, reporting progress after each, so a watcher sees a live bar."""
+    steps = max(1, min(PROGRESS_MAX_REPORTS, math.ceil(seconds / PROGRESS_INTERVAL_SECONDS)))
+    start = time.monotonic()
+    for step in range(1, steps + 1):
+        held = seconds * step / steps
+        # Sleep to a deadline, not for a step, so the time spent reporting does not add up.
+        time.sleep(max(0.0, start + held - time.monotonic()))
+        task.report_progress(100 * step // steps, f"held {held:.1f} of {seconds:g}s")
+
+
+class FailPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["transient", "permanent"] = Field(
+        description="transient: retried with backoff; permanent: dead at once."
+    )
+    succeed_on_attempt: int | None = Field(
+        None, ge=1, description="Transient mode: fail until this attempt, then succeed."
+    )
+
+
+class TransientOpsError(Exception):
+    """What ops.fail raises in transient mode: retried like any unexpected error."""
+
+
+@public_task(name="ops.fail", payload=FailPayload)
+def ops_fail(task: LedgerTask, payload: FailPayload) -> dict:
+    """Fail on purpose, to exercise retries, dead letters, alerts and manual retry in a live deployment."""
+    attempt = task.request.attempt
+    if payload.mode == "permanent":
+        raise PermanentError(f"ops.fail: permanent failure requested (attempt {attempt})")
+    if payload.succeed_on_attempt is not None and attempt >= payload.succeed_on_attempt:
+        return {"succeeded_on_attempt": attempt}
+    raise TransientOpsError(f"ops.fail: transient failure on attempt {attempt}")
+
+
+class MarkPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=100, description="What to mark; one mark per key, ever.")
+    hold_seconds: float = Field(0, ge=0, le=MAX_HOLD_SECONDS, description="Hold after marking.")
+
+
+def ops_mark_key(key: str) -> str:
+    return f"ops:mark:{key}"
+
+
+@public_task(name="ops.mark", payload=MarkPayload)
+def ops_mark(task: LedgerTask, payload: MarkPayload) -> dict:
+    """An idempotent side effect, to check at-least-once delivery in a live deployment: the mark
+    is set once per key (SET NX) however often the job runs, then the task holds."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    first = bool(client.set(ops_mark_key(payload.key), task.request.id, nx=True))
+    if first:
+        client.incr(f"{ops_mark_key(payload.key)}:effects")
+    if payload.hold_seconds:
+        _hold(task, payload.hold_seconds)
+    return {"key": payload.key, "marked_now": first}

@@ -1,0 +1,88 @@
+"""No job is lost between the database and the broker: the relay publishes what enqueue could not."""
+
+import json
+from datetime import timedelta
+
+import pytest
+import requests
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from tasks.models import ApiToken, Job
+from tasks.queues import QueueName
+from tasks.services.jobs import job_enqueue
+from tasks.services.relay import PUBLISH_LEASE
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def unpublished(queue: str = "default", **fields) -> Job:
+    """A committed row whose publish never happened (the enqueuing process died in between)."""
+    return Job.objects.create(task_name="ops.ping", queue=queue, payload={"hold_seconds": 0}, **fields)
+
+
+def test_job_enqueued_while_redis_is_down_runs_once_redis_is_back(own_redis, start_web, start_relay, start_worker):
+    env = {"REDIS_URL": own_redis.url}
+    _, token = ApiToken.issue(get_user_model().objects.create_user("dev", password="unused-pass-123"))
+    _, web = start_web(env)
+    start_relay(env=env)
+    own_redis.stop()
+
+    response = requests.post(
+        f"{web}/api/jobs", json={"task": "ops.ping"}, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert response.status_code == 503
+    job_id = response.json()["id"]
+    assert Job.objects.get(pk=job_id).state == Job.State.PENDING
+
+    own_redis.start_again()
+    start_worker(QueueName.DEFAULT, env=env)
+
+    from tests.support.processes import wait_until
+
+    done = wait_until(
+        lambda: Job.objects.filter(pk=job_id, state=Job.State.SUCCEEDED).first(), timeout=30, what="the relayed job"
+    )
+    assert done.attempts == 1
+    assert done.publishing_since is None
+
+
+def test_relay_publishes_a_row_whose_publisher_died_and_leaves_a_fresh_lease_alone(start_relay, broker):
+    orphan = unpublished(publishing_since=timezone.now() - PUBLISH_LEASE - timedelta(seconds=1))
+    in_flight = unpublished(publishing_since=timezone.now())
+
+    assert start_relay("--once").popen.wait(60) == 0
+
+    orphan.refresh_from_db()
+    in_flight.refresh_from_db()
+    assert orphan.state == Job.State.QUEUED
+    assert orphan.queued_at is not None
+    assert in_flight.state == Job.State.PENDING
+    assert broker.llen("default:5") == 1
+
+
+def test_two_relays_publish_each_job_exactly_once(start_relay, broker):
+    jobs = [unpublished() for _ in range(300)]
+
+    relays = [start_relay("--once"), start_relay("--once")]
+    assert [relay.popen.wait(60) for relay in relays] == [0, 0]
+
+    assert broker.llen("default:5") == len(jobs)
+    assert Job.objects.filter(state=Job.State.QUEUED).count() == len(jobs)
+    published = {json.loads(message)["headers"]["id"] for message in broker.lrange("default:5", 0, -1)}
+    assert published == {str(job.id) for job in jobs}
+
+
+def test_delayed_job_waits_in_the_ledger_then_runs_when_due(start_relay, start_worker, wait_for_job):
+    start_worker(QueueName.CRITICAL)
+    start_relay()
+
+    job = job_enqueue(task_name="ops.ping", queue=QueueName.CRITICAL, delay=2)
+
+    assert job.state == Job.State.SCHEDULED
+    job.refresh_from_db()
+    assert job.state == Job.State.SCHEDULED
+    done = wait_for_job(job.id, Job.State.SUCCEEDED)
+    assert done.started_at >= done.run_at
+    assert done.queued_at >= done.run_at
+    assert done.attempts == 1

@@ -1,0 +1,26 @@
+"""Settings for the test process; worker, beat, web and Flower subprocesses use project.settings
+with the environment the fixtures give them (see tests/conftest.py)."""
+
+import os
+
+from project.redis_server import answers, is_local
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key")
+# The suite's own Redis database, so a developer's running platform (db 0) is not disturbed.
+os.environ.setdefault("REDIS_URL", os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
+if not answers(os.environ["REDIS_URL"]):
+    if not is_local(os.environ["REDIS_URL"]):
+        raise SystemExit(f"configuration error: REDIS_URL {os.environ['REDIS_URL']} does not answer")
+    from tests.support.processes import start_bundled_redis
+
+    os.environ["REDIS_URL"] = start_bundled_redis().url
+
+from project.settings import *  # noqa: F403
+from project.settings import DATABASES, VAR_DIR
+
+# One test database per run, so two runs on one machine do not trample each other.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not pytest-django's in-memory default, so worker processes share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
