@@ -31,10 +31,19 @@ def _raw(name: str, default: str | None) -> str | None:
     return default if value is None else value
 
 
-def env_str(name: str, default: str | None = None) -> str:
+def env_str(name: str, default: str | None = None, *, allow_empty: bool = False) -> str:
     value = _raw(name, default)
-    if value is None or value == "":
+    if value is None or (value == "" and not allow_empty):
         raise SettingError(name, "is required but not set")
+    return value
+
+
+def env_http_url(name: str, default: str | None = None) -> str:
+    """An absolute http(s) URL with a host (the address of a service the platform calls)."""
+    value = env_str(name, default)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingError(name, f"must be an http:// or https:// URL with a host, got {value!r}")
     return value
 
 

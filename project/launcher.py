@@ -52,6 +52,8 @@ def main() -> None:
     # Procfile commands (celery, uvicorn, python) come from this interpreter's virtualenv.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("DJANGO_SUPERUSER_USERNAME", "admin")
+    # A local run takes payments from the sandbox gateway the web process serves (test tokens).
+    env.setdefault("PAYMENT_SANDBOX", "true")
     generated = _fill_local_secrets(env)
     redis_url = env.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
     processes = list(PLATFORM_PROCESSES)

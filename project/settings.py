@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from project.env import SettingError, env_bool, env_int, env_list, env_redis_url, env_str
+from project.env import SettingError, env_bool, env_http_url, env_int, env_list, env_redis_url, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 #: local state of a development run: SQLite database, embedded Redis data, generated secrets
@@ -120,6 +120,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+#: uploaded and generated files (report PDFs); served only through views that check access
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
@@ -138,6 +140,47 @@ TASK_BACKOFF_BASE_SECONDS = env_int("TASK_BACKOFF_BASE_SECONDS", 2, minimum=0)
 TASK_BACKOFF_MAX_SECONDS = env_int("TASK_BACKOFF_MAX_SECONDS", 600, minimum=1)
 #: deliveries whose worker died mid-run (a poison job) before the job is dead
 TASK_MAX_WORKER_LOSSES = env_int("TASK_MAX_WORKER_LOSSES", 3, minimum=1)
+
+# --- the shop: payments, e-mail, webhooks, maintenance --------------------------------------
+#: serve the sandbox payment gateway (/sandbox/payments/charges, test tokens tok_ok, tok_decline,
+#: tok_flaky, tok_slow); `make run` turns it on, never leave it on where real payments are taken
+PAYMENT_SANDBOX = env_bool("PAYMENT_SANDBOX", DEBUG)
+#: the web process's port, for the sandbox gateway's default address
+WEB_PORT = env_int("WEB_PORT", 8000, minimum=1)
+_sandbox_url = f"http://127.0.0.1:{WEB_PORT}/sandbox/payments/charges" if PAYMENT_SANDBOX else None
+#: the payment gateway's charge endpoint (POST), and the key it expects as a bearer token
+PAYMENT_GATEWAY_URL = env_http_url("PAYMENT_GATEWAY_URL", _sandbox_url)
+PAYMENT_GATEWAY_API_KEY = env_str("PAYMENT_GATEWAY_API_KEY", "sandbox-key" if PAYMENT_SANDBOX else None)
+#: a gateway that has not answered after this long is treated as down (the charge is retried)
+PAYMENT_GATEWAY_TIMEOUT_SECONDS = env_int("PAYMENT_GATEWAY_TIMEOUT_SECONDS", 5, minimum=1)
+#: retries of a charge after a timeout or a 5xx, and the first backoff (doubled each retry)
+PAYMENT_MAX_RETRIES = env_int("PAYMENT_MAX_RETRIES", 2)
+PAYMENT_RETRY_BACKOFF_SECONDS = env_int("PAYMENT_RETRY_BACKOFF_SECONDS", 5)
+
+#: outgoing mail: the console when DEBUG, else SMTP (EMAIL_HOST, EMAIL_PORT, ...)
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "", allow_empty=True)
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "", allow_empty=True)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "shop@localhost")
+#: this site's address, for links in e-mails
+SITE_URL = env_http_url("SITE_URL", f"http://127.0.0.1:{WEB_PORT}")
+
+#: webhook deliveries: how long a receiver may take, attempts before a delivery is dead, first backoff
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+WEBHOOK_BACKOFF_BASE_SECONDS = env_int("WEBHOOK_BACKOFF_BASE_SECONDS", 10)
+
+#: cancelled orders are deleted after this many days (nightly, in batches)
+CANCELLED_ORDER_RETENTION_DAYS = env_int("CANCELLED_ORDER_RETENTION_DAYS", 90, minimum=1)
+#: an order still pending after this many minutes raises an ops alert
+PENDING_ORDER_ALERT_MINUTES = env_int("PENDING_ORDER_ALERT_MINUTES", 10, minimum=1)
 
 #: largest JSON body the API accepts
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)

@@ -1,4 +1,4 @@
-"""Public tasks: the tasks a client may enqueue by name, each with a payload schema.
+"""Ledger tasks, each with a payload schema; public ones a client may also enqueue by name.
 
 The same pydantic schema validates a payload when it is enqueued (service and API) and again
 when a worker starts the task. Every task runs through ``LedgerTask``, which checks the ledger
@@ -24,7 +24,9 @@ from tasks.errors import PermanentError
 from tasks.models import Job
 from tasks.services import ledger
 
-#: name -> task, for every public task; filled by @public_task as the task modules load
+#: name -> task, for every task enqueued through the ledger; filled by @ledger_task as the modules load
+LEDGER_TASKS: dict[str, LedgerTask] = {}
+#: the ledger tasks a client may enqueue by name (the API); the others only services enqueue
 PUBLIC_TASKS: dict[str, LedgerTask] = {}
 
 #: errors no retry can mend: an explicit PermanentError, and a payload the schema refuses
@@ -138,8 +140,12 @@ class LedgerTask(Task):
         return self.retry(exc=exc, countdown=delay.total_seconds(), max_retries=LEDGER_OUTAGE_MAX_RETRIES)
 
 
-def public_task(*, name: str, payload: type[BaseModel], **options: Any) -> Callable:
-    """Declare a public task; the function receives the task and the validated payload model."""
+def ledger_task(*, name: str, payload: type[BaseModel], public: bool = False, **options: Any) -> Callable:
+    """Declare a ledger task; the function receives the task and the validated payload model.
+
+    ``public`` tasks may be enqueued by name by any API client; the others (workflow steps,
+    deliveries) only by the services that own them.
+    """
 
     def decorate(function: Callable[[LedgerTask, BaseModel], Any]) -> LedgerTask:
         @functools.wraps(function)
@@ -147,7 +153,14 @@ def public_task(*, name: str, payload: type[BaseModel], **options: Any) -> Calla
             return function(self, self.payload_schema.model_validate(kwargs))
 
         task = shared_task(name=name, base=LedgerTask, bind=True, payload_schema=payload, **options)(run)
-        PUBLIC_TASKS[name] = task
+        LEDGER_TASKS[name] = task
+        if public:
+            PUBLIC_TASKS[name] = task
         return task
 
     return decorate
+
+
+def public_task(*, name: str, payload: type[BaseModel], **options: Any) -> Callable:
+    """Declare a ledger task that clients may enqueue by name."""
+    return ledger_task(name=name, payload=payload, public=True, **options)

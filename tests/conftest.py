@@ -186,3 +186,13 @@ def user():
 @pytest.fixture
 def auth(user) -> dict[str, str]:
     return bearer(user)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator:
+    """A real SMTP server on a free port; ``.env`` points a worker at it, ``.inbox`` has the mail."""
+    from tests.support.smtp import start_smtp_server
+
+    server, controller = start_smtp_server()
+    yield server
+    controller.stop()

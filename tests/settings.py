@@ -6,6 +6,8 @@ import os
 from project.redis_server import answers, is_local
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key")
+# The web process serves the sandbox payment gateway; tests point workers at it (PAYMENT_GATEWAY_URL).
+os.environ.setdefault("PAYMENT_SANDBOX", "true")
 # The suite's own Redis database, so a developer's running platform (db 0) is not disturbed.
 os.environ.setdefault("REDIS_URL", os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 if not answers(os.environ["REDIS_URL"]):

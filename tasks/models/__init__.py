@@ -1,4 +1,5 @@
 from tasks.models.jobs import Job, JobAction, JobAttempt
+from tasks.models.orders import OpsAlert, Order, OrderItem, OrderStep, Product
 from tasks.models.tokens import ApiToken
 
-__all__ = ["ApiToken", "Job", "JobAction", "JobAttempt"]
+__all__ = ["ApiToken", "Job", "JobAction", "JobAttempt", "OpsAlert", "Order", "OrderItem", "OrderStep", "Product"]

@@ -10,6 +10,7 @@ from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, Qu
 
 
 class JobState(models.TextChoices):
+    WAITING = "waiting", "Waiting (for an earlier step of its workflow)"
     PENDING = "pending", "Pending (committed, not yet published)"
     SCHEDULED = "scheduled", "Scheduled (delayed)"
     QUEUED = "queued", "Queued"
@@ -85,6 +86,15 @@ class Job(models.Model):
         help_text="A second enqueue of the same task with the same key returns this job.",
     )
     run_at = models.DateTimeField("run at", null=True, blank=True, help_text="When a delayed job is due.")
+    after = models.ForeignKey(
+        "self",
+        verbose_name="runs after",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="next_steps",
+        help_text="A workflow step: it waits until this job succeeds, and is cancelled if it does not.",
+    )
     publishing_since = models.DateTimeField(
         "publishing since",
         null=True,
@@ -171,6 +181,8 @@ class JobAction(models.Model):
     class Kind(models.TextChoices):
         RETRIED = "retried", "Retried"
         CANCELLED = "cancelled", "Cancelled"
+        #: by the platform: an earlier step of the workflow did not succeed (undone by its retry)
+        STEP_CANCELLED = "step_cancelled", "Cancelled with an earlier step"
         DISCARDED = "discarded", "Discarded"
 
     job = models.ForeignKey(Job, verbose_name="job", on_delete=models.CASCADE, related_name="actions")
@@ -178,7 +190,7 @@ class JobAction(models.Model):
     by = models.ForeignKey(
         settings.AUTH_USER_MODEL, verbose_name="by", null=True, blank=True, on_delete=models.SET_NULL
     )
-    via = models.CharField("via", max_length=32, help_text="api, admin, command or flower.")
+    via = models.CharField("via", max_length=32, help_text="api, admin, command, flower or workflow.")
     at = models.DateTimeField("at", auto_now_add=True)
     from_state = models.CharField("from state", max_length=16, choices=JobState.choices)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from functools import cache, partial
 from typing import Any
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from tasks.models import Job
 from tasks.models.jobs import UNPUBLISHED_STATES
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
-from tasks.registry import PUBLIC_TASKS
+from tasks.registry import LEDGER_TASKS, PUBLIC_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +82,23 @@ def job_enqueue(
     idempotency_key: str | None = None,
     max_attempts: int | None = None,
     origin: str = "",
+    public_only: bool = False,
+    after: Job | None = None,
 ) -> Job:
     """Validate, write the ledger row in the caller's transaction, publish after commit.
 
     Returns the job at once (``job.created`` is False when an earlier job with the same
-    idempotency key is returned instead). When the publish fails (Redis down) the row stays
+    idempotency key is returned instead). ``public_only`` (the API) refuses the tasks only
+    services may enqueue, as unknown. ``after`` makes it a workflow step that waits until that
+    job succeeds (see tasks.services.workflows). When the publish fails (Redis down) the row stays
     ``pending`` for the relay and ``job.publish_error`` says why.
     """
     request = JobRequest(task_name, payload, queue, priority, delay, idempotency_key, max_attempts)
-    job = _job_build(request, owner=owner, origin=origin)
+    job = _job_build(request, owner=owner, origin=origin, public_only=public_only)
+    if after is not None:
+        if job.state == Job.State.SCHEDULED:
+            raise InvalidOption("a workflow step cannot also be delayed")
+        job.after, job.state, job.publishing_since = after, Job.State.WAITING, None
     if idempotency_key is None:
         job.save(force_insert=True)  # in the caller's transaction, or committed at once
     else:
@@ -108,7 +116,19 @@ def job_enqueue(
     return job
 
 
-def job_enqueue_many(*, requests: Sequence[JobRequest], owner=None, origin: str = "") -> list[Job]:
+def job_enqueue_chain(*, steps: Sequence[JobRequest], owner=None, origin: str = "") -> list[Job]:
+    """Enqueue a workflow: the first step as any job, each later one waiting until the one before
+    it succeeded. All rows are written now, in the caller's transaction, so every id is known."""
+    jobs: list[Job] = []
+    with transaction.atomic():
+        for step in steps:
+            jobs.append(job_enqueue(**asdict(step), owner=owner, origin=origin, after=jobs[-1] if jobs else None))
+    return jobs
+
+
+def job_enqueue_many(
+    *, requests: Sequence[JobRequest], owner=None, origin: str = "", public_only: bool = False
+) -> list[Job]:
     """Enqueue many jobs: all valid or none written, one bulk insert, one pipelined publish.
 
     Returns the jobs in the order asked, an earlier job where an idempotency key repeats one.
@@ -116,7 +136,7 @@ def job_enqueue_many(*, requests: Sequence[JobRequest], owner=None, origin: str 
     built = []
     for index, request in enumerate(requests):
         try:
-            built.append(_job_build(request, owner=owner, origin=origin))
+            built.append(_job_build(request, owner=owner, origin=origin, public_only=public_only))
         except EnqueueError as exc:
             exc.details["index"] = index
             raise
@@ -147,9 +167,9 @@ def _jobs_holding_keys(first_with_key: dict[tuple[str, str], Job]) -> dict[tuple
     return holders
 
 
-def _job_build(request: JobRequest, *, owner, origin: str) -> Job:
+def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) -> Job:
     """Validate one request into an unsaved Job, or raise EnqueueError naming the problem."""
-    task = PUBLIC_TASKS.get(request.task_name)
+    task = (PUBLIC_TASKS if public_only else LEDGER_TASKS).get(request.task_name)
     if task is None:
         raise UnknownTask(f"unknown task {request.task_name!r}", tasks=sorted(PUBLIC_TASKS))
     try:
@@ -226,7 +246,7 @@ def job_publish_many(*, jobs: Sequence[Job]) -> bool:
     try:
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
             for job in jobs:
-                PUBLIC_TASKS[job.task_name].apply_async(
+                LEDGER_TASKS[job.task_name].apply_async(
                     kwargs=job.payload,
                     task_id=str(job.pk),
                     queue=job.queue,

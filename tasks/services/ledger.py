@@ -14,6 +14,7 @@ from django.utils import timezone
 from tasks.models import Job, JobAttempt
 from tasks.models.jobs import FINISHED_STATES
 from tasks.services.events import job_event_publish
+from tasks.services.workflows import workflow_step_stopped, workflow_step_succeeded
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,10 @@ def job_attempt_succeeded(*, job_id: str, number: int, result: Any) -> None:
     with transaction.atomic():
         _close_attempt(job_id, number, JobAttempt.Outcome.SUCCEEDED, at=now)
         # Only a started job: a job cancelled while it ran stays cancelled.
-        Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(
+        if Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(
             state=Job.State.SUCCEEDED, result=result, progress=100, error="", traceback="", finished_at=now
-        )
+        ):
+            workflow_step_succeeded(job_id=job_id)
     job_event_publish(job_id=job_id, kind="state", state=Job.State.SUCCEEDED, result=result)
 
 
@@ -109,7 +111,8 @@ def job_attempt_failed(
             fields.update(run_at=retry_at, publishing_since=None)
         else:
             fields["finished_at"] = now
-        Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(**fields)
+        if Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(**fields) and state != Job.State.RETRYING:
+            workflow_step_stopped(job_id=job_id, state=state, error=error)
     job_event_publish(job_id=job_id, kind="state", state=state, error=error)
 
 
@@ -123,6 +126,7 @@ def _close_attempt(job_id: str, number: int | None, outcome: str, *, at: datetim
 def _finish(job: Job, state: str, *, error: str, at: datetime) -> None:
     job.state, job.error, job.finished_at = state, error, at
     job.save(update_fields=["state", "error", "finished_at"])
+    workflow_step_stopped(job_id=job.pk, state=state, error=error)
     job_event_publish(job_id=job.pk, kind="state", state=state, error=error)
 
 
@@ -131,11 +135,14 @@ def job_mark_undeliverable(*, job_id: str, reason: str) -> bool:
     dead with ``reason``, unless it already finished. True when the ledger row changed."""
     now = timezone.now()
     try:
-        changed = (
-            Job.objects.filter(pk=job_id)
-            .exclude(state__in=FINISHED_STATES)
-            .update(state=Job.State.DEAD, error=reason, finished_at=now, publishing_since=None)
-        )
+        with transaction.atomic():
+            changed = (
+                Job.objects.filter(pk=job_id)
+                .exclude(state__in=FINISHED_STATES)
+                .update(state=Job.State.DEAD, error=reason, finished_at=now, publishing_since=None)
+            )
+            if changed:
+                workflow_step_stopped(job_id=job_id, state=Job.State.DEAD, error=reason)
     except (ValueError, ValidationError):
         return False  # not a job id of ours (a message from another producer)
     if changed:

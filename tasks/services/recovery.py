@@ -12,6 +12,7 @@ from tasks.models import Job, JobAction, JobAttempt
 from tasks.models.jobs import FINISHED_STATES, RETRYABLE_STATES
 from tasks.services.events import job_event_publish
 from tasks.services.jobs import job_publish
+from tasks.services.workflows import workflow_step_stopped, workflow_steps_rearm
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +29,18 @@ def job_retry(*, job_id, by=None, via: str) -> Job:
         if job.state not in RETRYABLE_STATES:
             raise ActionRefused(f"a {job.state} job cannot be retried; only failed, dead or cancelled ones")
         JobAction.objects.create(job=job, kind=JobAction.Kind.RETRIED, by=by, via=via, from_state=job.state)
-        job.state, job.attempts_before_retry = Job.State.PENDING, job.attempts
+        # A workflow step whose earlier step has not succeeded waits for it again instead of running.
+        waits = job.after_id is not None and job.after.state != Job.State.SUCCEEDED
+        job.state = Job.State.WAITING if waits else Job.State.PENDING
+        job.attempts_before_retry = job.attempts
         job.error = job.traceback = job.progress_message = ""
         job.result = job.finished_at = job.run_at = job.discarded_at = None
-        job.progress, job.publishing_since = 0, timezone.now()
+        job.progress, job.publishing_since = 0, None if waits else timezone.now()
         job.save()
+        workflow_steps_rearm(job_id=job.pk)
         job.publish_error = ""
-        transaction.on_commit(partial(job_publish, job=job))
+        if not waits:
+            transaction.on_commit(partial(job_publish, job=job))
     return job
 
 
@@ -55,6 +61,7 @@ def job_cancel(*, job_id, by=None, via: str) -> Job:
         JobAttempt.objects.filter(job=job, outcome=JobAttempt.Outcome.RUNNING).update(
             outcome=JobAttempt.Outcome.FAILED, finished_at=now, error="cancelled"
         )
+        workflow_step_stopped(job_id=job.pk, state=Job.State.CANCELLED, error=job.error)
     if running:
         app.control.revoke(str(job.pk), terminate=True)
     job_event_publish(job_id=job.pk, kind="state", state=Job.State.CANCELLED, error=job.error)

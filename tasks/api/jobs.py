@@ -1,72 +1,31 @@
-"""The HTTP API (django-ninja): enqueue jobs and follow them. OpenAPI at /api/openapi.json.
+"""Job endpoints: enqueue (one or a batch), list, get, retry, cancel, and the queue overview."""
 
-Every error answers a JSON body ``{"detail": ..., "code": ...}`` (plus details such as field
-errors or a batch item's ``index``), and nothing is enqueued.
-"""
-
-import json
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
-from django.http import Http404, HttpRequest
+from django.http import HttpRequest
 from django.urls import reverse
-from ninja import Field, NinjaAPI, Query, Schema, Status
-from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja import Field, Query, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
-from ninja.parser import Parser
 
-from tasks.auth import API_AUTH
-from tasks.middleware import body_too_large_response
+from tasks.api.base import Error, IdempotencyKeyInUse, Unprocessable, api
 from tasks.models import Job
 from tasks.models.jobs import JobState
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.selectors import jobs as job_selectors
-from tasks.selectors.queues import BrokerUnavailable, queue_overview
-from tasks.services.jobs import MAX_ATTEMPTS_LIMIT, MAX_DELAY, EnqueueError, job_enqueue, job_enqueue_many
+from tasks.selectors.queues import queue_overview
+from tasks.services.jobs import MAX_ATTEMPTS_LIMIT, MAX_DELAY, job_enqueue, job_enqueue_many
 from tasks.services.jobs import JobRequest as EnqueueRequest
-from tasks.services.recovery import ActionRefused, job_cancel, job_retry
+from tasks.services.recovery import job_cancel, job_retry
 
 #: most jobs one batch request may enqueue
 BATCH_MAX_JOBS = 1000
 #: jobs per page of GET /api/jobs, by default and at most
 JOBS_PAGE_SIZE = 50
 JOBS_MAX_PAGE_SIZE = 200
-
-
-class MalformedJSON(ValueError):
-    pass
-
-
-class StrictJSONParser(Parser):
-    """JSON bodies only, without the NaN/Infinity extensions Python's json module accepts."""
-
-    def parse_body(self, request: HttpRequest) -> Any:
-        def reject_constant(name: str) -> None:
-            raise MalformedJSON(f"{name} is not valid JSON")
-
-        try:
-            return json.loads(request.body, parse_constant=reject_constant)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise MalformedJSON(str(exc)) from exc
-
-
-# The interactive docs and schema are for staff (admin session); API clients use the endpoints.
-api = NinjaAPI(
-    title="Task platform",
-    version="1",
-    auth=API_AUTH,
-    urls_namespace="api",
-    docs_decorator=staff_member_required,
-    parser=StrictJSONParser(),
-)
-
-
-# --- schemas ---------------------------------------------------------------------------------
 
 
 class JobIn(Schema):
@@ -178,104 +137,6 @@ class QueuesOut(Schema):
     queues: list[QueueOut]
 
 
-class Error(Schema):
-    detail: str
-    code: str
-
-
-class FieldError(Schema):
-    field: str
-    message: str
-    index: int | None = Field(None, description="The batch item, for POST /api/jobs/batch.")
-
-
-class Unprocessable(Error):
-    """A request that fails the schema (code invalid_request) or that the service refuses."""
-
-    errors: list[FieldError] | None = Field(None, description="Field errors, of the request or of the payload.")
-    index: int | None = Field(None, description="The (first) bad item of a batch.")
-    tasks: list[str] | None = Field(None, description="The public tasks, when the task is unknown.")
-    queues: list[str] | None = Field(None, description="The queues, when the queue is unknown.")
-
-
-# --- errors ----------------------------------------------------------------------------------
-
-
-class IdempotencyKeyInUse(Exception):
-    """The key is held by another owner's job, which must not be revealed."""
-
-    def __init__(self, index: int | None = None) -> None:
-        super().__init__("idempotency_key is already in use for this task")
-        self.index = index
-
-
-def _error(request: HttpRequest, status: int, detail: str, code: str, **extra: Any):
-    return api.create_response(request, {"detail": detail, "code": code, **extra}, status=status)
-
-
-@api.exception_handler(EnqueueError)
-def _enqueue_error(request: HttpRequest, exc: EnqueueError):
-    return _error(request, 422, str(exc), exc.code, **exc.details)
-
-
-@api.exception_handler(IdempotencyKeyInUse)
-def _idempotency_key_in_use(request: HttpRequest, exc: IdempotencyKeyInUse):
-    extra = {} if exc.index is None else {"index": exc.index}
-    return _error(request, 409, str(exc), "idempotency_key_in_use", **extra)
-
-
-@api.exception_handler(ValidationError)
-def _invalid_request(request: HttpRequest, exc: ValidationError):
-    errors = [_field_error(error) for error in exc.errors]
-    indexes = [error["index"] for error in errors if "index" in error]
-    extra = {"index": min(indexes)} if indexes else {}
-    fields = ", ".join(dict.fromkeys(error["field"] for error in errors))
-    return _error(request, 422, f"invalid request: {fields}", "invalid_request", errors=errors, **extra)
-
-
-def _field_error(error: dict[str, Any]) -> dict[str, Any]:
-    """A ninja/pydantic error as {"field", "message"} (and "index" for a batch item)."""
-    loc = list(error.get("loc", ()))
-    source = loc.pop(0) if loc else ""
-    if source == "body" and loc and loc[0] == "body":
-        loc.pop(0)  # the view's parameter name
-    field = ".".join(map(str, loc)) or source
-    out: dict[str, Any] = {"field": field, "message": error.get("msg", "invalid")}
-    if len(loc) >= 2 and loc[0] == "jobs" and isinstance(loc[1], int):
-        out["index"] = loc[1]
-    return out
-
-
-@api.exception_handler(HttpError)
-def _http_error(request: HttpRequest, exc: HttpError):
-    if isinstance(exc, AuthenticationError):
-        return _error(request, 401, "authentication required: a bearer token or a session", "unauthenticated")
-    if isinstance(exc.__cause__, MalformedJSON):
-        return _error(request, 400, f"malformed JSON body: {exc.__cause__}", "malformed_json")
-    if isinstance(exc.__cause__, RequestDataTooBig):
-        return body_too_large_response()
-    codes = {403: "forbidden", 404: "not_found", 429: "throttled"}
-    return _error(request, exc.status_code, str(exc), codes.get(exc.status_code, f"http_{exc.status_code}"))
-
-
-@api.exception_handler(RequestDataTooBig)
-def _body_too_large(request: HttpRequest, exc: RequestDataTooBig):
-    # Normally answered by ApiBodyLimitMiddleware before the view; this covers a direct read.
-    return body_too_large_response()
-
-
-@api.exception_handler(Http404)
-def _not_found(request: HttpRequest, exc: Http404):
-    return _error(request, 404, "not found", "not_found")
-
-
-@api.exception_handler(BrokerUnavailable)
-def _broker_unavailable(request: HttpRequest, exc: BrokerUnavailable):
-    return _error(request, 503, str(exc), "redis_unavailable")
-
-
-# --- endpoints -------------------------------------------------------------------------------
-
 _COMMON_ERRORS = {400: Error, 401: Error, 413: Error}
 _BROKER_DOWN = "the broker is unavailable; recorded as pending, the relay publishes when Redis is back"
 
@@ -305,7 +166,7 @@ def job_create(request: HttpRequest, body: JobIn):
     with the first job, or 409 when another owner holds the key. 503 when Redis is down: the job is
     kept pending and published by the relay."""
     with transaction.atomic():
-        job = job_enqueue(**asdict(body.enqueue_request()), owner=request.user, origin="api")
+        job = job_enqueue(**asdict(body.enqueue_request()), owner=request.user, origin="api", public_only=True)
     if _held_by_someone_else(job, request.user):
         raise IdempotencyKeyInUse()
     if not job.created:
@@ -325,7 +186,7 @@ def job_create_batch(request: HttpRequest, body: BatchIn):
     with its ``index``. 503 when Redis is down: the jobs are kept pending for the relay."""
     with transaction.atomic():
         jobs = job_enqueue_many(
-            requests=[item.enqueue_request() for item in body.jobs], owner=request.user, origin="api"
+            requests=[item.enqueue_request() for item in body.jobs], owner=request.user, origin="api", public_only=True
         )
         for index, job in enumerate(jobs):
             if _held_by_someone_else(job, request.user):
@@ -348,11 +209,6 @@ def job_list(request: HttpRequest, filters: Query[JobFilters]):
 def job_get(request: HttpRequest, job_id: UUID):
     """The job; another user's job answers 404, as a missing one does."""
     return job_selectors.job_get_visible(user=request.user, job_id=job_id)
-
-
-@api.exception_handler(ActionRefused)
-def _action_refused(request: HttpRequest, exc: ActionRefused):
-    return _error(request, 409, str(exc), "conflict")
 
 
 @api.post("/jobs/{job_id}/retry", response={202: JobAccepted, 401: Error, 404: Error, 409: Error}, url_name="job_retry")

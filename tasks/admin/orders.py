@@ -1,0 +1,1 @@
+"""Django admin of the orders domain: products, orders and their workflow steps, ops alerts."""

@@ -1,0 +1,1 @@
+"""Orders: place one (the fulfillment workflow starts at once) and follow it."""

@@ -1,0 +1,1 @@
+"""Sales reports: request one, follow it, download its PDF."""

@@ -1,0 +1,1 @@
+"""Tasks of the notifications domain (default queue)."""

@@ -1,0 +1,1 @@
+"""The order-fulfillment workflow steps (critical queue)."""

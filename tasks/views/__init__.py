@@ -1,0 +1,1 @@
+"""HTML and plain-HTTP views, one module per concern; each has its ``urlpatterns``."""

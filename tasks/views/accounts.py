@@ -1,0 +1,3 @@
+"""Views of accounts."""
+
+urlpatterns: list = []

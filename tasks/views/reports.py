@@ -1,0 +1,3 @@
+"""Views of reports."""
+
+urlpatterns: list = []
