@@ -1,1 +1,174 @@
-"""Orders: place one (the fulfillment workflow starts at once) and follow it."""
+"""Orders: place one (its fulfillment workflow starts at once), follow it, cancel it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from django.http import HttpRequest
+from django.urls import reverse
+from ninja import Field, Schema, Status
+from ninja.pagination import PageNumberPagination, paginate
+
+from tasks.api.base import Error, Unprocessable, api
+from tasks.models import Order
+from tasks.selectors.orders import order_get_visible, orders_visible_to
+from tasks.services.orders import MAX_ORDER_LINES, OrderLine, OrderRejected, order_cancel, order_place
+
+
+class OrderLineIn(Schema):
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(ge=1, le=10_000)
+
+
+class OrderIn(Schema):
+    items: list[OrderLineIn] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+    payment_token: str = Field(
+        min_length=1,
+        max_length=100,
+        description="The card token to charge. With the sandbox gateway: tok_ok, tok_decline, tok_flaky, tok_slow.",
+    )
+    email: str | None = Field(
+        None,
+        max_length=254,
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        description="Where the confirmation goes; your account's address when left out.",
+    )
+
+
+class StepOut(Schema):
+    step: str
+    job_id: UUID
+    state: str
+    attempts: int
+    error: str
+    url: str
+
+
+class OrderItemOut(Schema):
+    sku: str
+    name: str
+    quantity: int
+    unit_price: Decimal
+
+
+class OrderOut(Schema):
+    id: UUID
+    status: str
+    total: Decimal
+    email: str
+    failure_reason: str
+    items: list[OrderItemOut]
+    steps: list[StepOut]
+    url: str
+    page_url: str
+    created_at: datetime
+    paid_at: datetime | None
+    reserved_at: datetime | None
+    confirmed_at: datetime | None
+    finished_at: datetime | None
+
+
+class OrderAccepted(Schema):
+    id: UUID
+    status: str
+    url: str
+    page_url: str
+    jobs: list[StepOut]
+
+
+@api.exception_handler(OrderRejected)
+def _order_rejected(request: HttpRequest, exc: OrderRejected):
+    return api.create_response(request, {"detail": str(exc), "code": exc.code, "errors": exc.errors}, status=422)
+
+
+def _steps(order: Order) -> list[dict[str, Any]]:
+    return [
+        {
+            "step": step.name,
+            "job_id": step.job_id,
+            "state": step.job.state,
+            "attempts": step.job.attempts,
+            "error": step.job.error,
+            "url": reverse("api:job_get", kwargs={"job_id": step.job_id}),
+        }
+        for step in order.steps.all()
+    ]
+
+
+def _links(order: Order) -> dict[str, str]:
+    return {
+        "url": reverse("api:order_get", kwargs={"order_id": order.pk}),
+        "page_url": reverse("order_page", kwargs={"order_id": order.pk}),
+    }
+
+
+def _order_out(order: Order) -> dict[str, Any]:
+    items = [
+        {"sku": i.product.sku, "name": i.product.name, "quantity": i.quantity, "unit_price": i.unit_price}
+        for i in order.items.all()
+    ]
+    fields = ("id", "status", "total", "email", "failure_reason", "created_at", "paid_at", "reserved_at")
+    return {
+        **{name: getattr(order, name) for name in fields},
+        "confirmed_at": order.confirmed_at,
+        "finished_at": order.finished_at,
+        "items": items,
+        "steps": _steps(order),
+        **_links(order),
+    }
+
+
+@api.post(
+    "/orders",
+    response={202: OrderAccepted, 400: Error, 401: Error, 413: Error, 422: Unprocessable},
+    url_name="order_create",
+)
+def order_create(request: HttpRequest, body: OrderIn):
+    """Place an order: saved as pending, and its workflow (validate payment -> reserve inventory ->
+    send confirmation) starts at once; answers 202 with the order id and the three jobs. 422 for an
+    unknown sku, a quantity below 1, or more than is in stock now."""
+    email = body.email or request.user.email
+    if not email:
+        return Status(
+            422,
+            {
+                "detail": "no e-mail for the confirmation: give one, or add one to your account",
+                "code": "email_required",
+                "errors": [{"field": "email", "message": "required: your account has no e-mail address"}],
+            },
+        )
+    order = order_place(
+        customer=request.user,
+        lines=[OrderLine(item.sku, item.quantity) for item in body.items],
+        payment_token=body.payment_token,
+        email=email,
+    )
+    order = orders_visible_to(request.user).get(pk=order.pk)
+    return Status(202, {"id": order.pk, "status": order.status, "jobs": _steps(order), **_links(order)})
+
+
+@api.get("/orders", response={200: list[OrderOut], 401: Error}, url_name="order_list")
+@paginate(PageNumberPagination, page_size=50, max_page_size=200)
+def order_list(request: HttpRequest):
+    """The caller's orders (every order for staff), newest first."""
+    return [_order_out(order) for order in orders_visible_to(request.user).order_by("-created_at", "-pk")]
+
+
+@api.get("/orders/{order_id}", response={200: OrderOut, 401: Error, 404: Error}, url_name="order_get")
+def order_get(request: HttpRequest, order_id: UUID):
+    """The order's status and each step's job state; another customer's order answers 404."""
+    return _order_out(order_get_visible(user=request.user, order_id=order_id))
+
+
+@api.post(
+    "/orders/{order_id}/cancel", response={200: OrderOut, 401: Error, 404: Error, 409: Error}, url_name="order_cancel"
+)
+def order_cancel_view(request: HttpRequest, order_id: UUID):
+    """Cancel an order that is not yet confirmed: its remaining steps do not run and reserved stock
+    goes back; 409 once it is confirmed or cancelled."""
+    order = order_get_visible(user=request.user, order_id=order_id)
+    order_cancel(order_id=order.pk, by=request.user, via="api")
+    return _order_out(order_get_visible(user=request.user, order_id=order_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -42,6 +43,7 @@ class SmtpServer:
 
 
 def start_smtp_server() -> tuple[SmtpServer, Controller]:
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # a line per SMTP command otherwise
     inbox = Inbox()
     port = free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
