@@ -16,11 +16,12 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 COPY . .
 
-# Static files are part of the image (WhiteNoise serves them). Settings insist on a secret key,
-# so this one command gets a throwaway one; the image's environment never holds it.
+# Static files are part of the image (WhiteNoise serves them). Settings insist on a secret key
+# and a payment gateway, so this one command gets a throwaway key and the sandbox's defaults;
+# the image's environment never holds them.
 # The code stays root-owned (read-only to the app); only var/ (a SQLite fallback) is writable.
-RUN DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
-    && mkdir -p var && chown app:app var
+RUN DJANGO_SECRET_KEY=collectstatic-only PAYMENT_SANDBOX=true python manage.py collectstatic --noinput \
+    && mkdir -p var/media && chown -R app:app var
 
 USER app
 
