@@ -7,32 +7,20 @@ browser download is never used. Without it these tests fail, saying how to insta
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from tasks.queues import QueueName
 from tasks.services.jobs import job_enqueue
 from tests.conftest import HOSTNAME
+from tests.support.browser import browser_page
+from tests.support.browser import log_in_to as log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PASSWORD = "browser-pass-123"
 HOLD_SECONDS = 3
 
@@ -47,17 +35,6 @@ new MutationObserver(function (records) {
 """
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's chromium. Install it with `make chromium` "
-            "(as root), or: sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium",
-            pytrace=False,
-        )
-    return str(CHROMIUM)
-
-
 @pytest.fixture
 def web(start_web, broker) -> str:
     _, base = start_web()
@@ -70,29 +47,8 @@ def owner():
     return get_user_model().objects.create_user("owner", password=PASSWORD)
 
 
-@contextlib.contextmanager
-def browser_page(executable: str) -> Iterator[Page]:
-    # No database access inside: Playwright's sync API runs an event loop in this thread, and
-    # Django refuses ORM calls while one runs.
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(30_000)
-            page.add_init_script(RECORD_PROGRESS)
-            yield page
-        finally:
-            browser.close()
-
-
 def log_in_to(page: Page, base: str, path: str) -> None:
-    """Open ``path``, which sends us to the sign-in form, and sign in there."""
-    page.goto(f"{base}{path}")
-    assert page.url == f"{base}/accounts/login/?next={path}"
-    page.fill("#id_username", "owner")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url(f"{base}{path}")
+    log_in(page, base, path, username="owner", password=PASSWORD)
 
 
 def wait_until_finished(page: Page) -> None:
@@ -109,7 +65,7 @@ def test_job_page_shows_live_progress_then_the_result(chromium, web, owner, star
     )
     path = f"/jobs/{job.id}"
 
-    with browser_page(chromium) as page:
+    with browser_page(chromium, init_script=RECORD_PROGRESS) as page:
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
         log_in_to(page, web, path)
@@ -143,7 +99,7 @@ def test_job_page_falls_back_to_polling_when_events_fail(chromium, web, owner, s
     )
     path = f"/jobs/{job.id}"
 
-    with browser_page(chromium) as page:
+    with browser_page(chromium, init_script=RECORD_PROGRESS) as page:
         page.route("**/events", lambda route: route.abort())  # as a proxy that breaks streaming would
         polled: list[str] = []
         page.on("requestfinished", lambda request: polled.append(request.url))
