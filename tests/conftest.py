@@ -48,7 +48,7 @@ def process_env(database_url: str) -> dict[str, str]:
 def broker() -> redis.Redis:
     """The test Redis, emptied of messages (queue bindings are kept: producers cache them)."""
     client = redis.Redis.from_url(settings.REDIS_URL)
-    stale = [key for key in client.scan_iter() if not key.startswith(b"_kombu.binding.")]
+    stale = [key for key in client.scan_iter() if not key.startswith(b"_kombu.binding")]
     if stale:
         client.delete(*stale)
     return client

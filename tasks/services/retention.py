@@ -1,4 +1,8 @@
-"""Retention: succeeded jobs leave the ledger after JOB_RETENTION_DAYS; failed and dead ones stay."""
+"""Retention: succeeded jobs leave the ledger after JOB_RETENTION_DAYS; failed and dead ones stay.
+
+The jobs of an order's workflow stay as long as the order does: they are its fulfillment history
+(the cancelled-order prune deletes the order, and its jobs become prunable then).
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,9 @@ def jobs_prune_succeeded(*, older_than: timedelta) -> int:
     cutoff = timezone.now() - older_than
     deleted = 0
     while True:
-        chunk = list(
-            Job.objects.filter(state=Job.State.SUCCEEDED, finished_at__lt=cutoff).values_list("pk", flat=True)[
-                :PRUNE_CHUNK
-            ]
-        )
+        expired = Job.objects.filter(state=Job.State.SUCCEEDED, finished_at__lt=cutoff, order_step__isnull=True)
+        chunk = list(expired.values_list("pk", flat=True)[:PRUNE_CHUNK])
         if not chunk:
             return deleted
-        deleted += Job.objects.filter(pk__in=chunk).delete()[0]
+        # Counts jobs only, not the attempts and actions deleted with them.
+        deleted += Job.objects.filter(pk__in=chunk).delete()[1].get(Job._meta.label, 0)

@@ -4,12 +4,13 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from project.celery import app
-from tasks.models import Job
+from tasks.models import Job, Order, OrderStep
 from tasks.services.jobs import InvalidOption, InvalidPayload, JobRequest, job_enqueue, job_enqueue_many
 from tasks.services.retention import jobs_prune_succeeded
 from tasks.services.schedules import RETENTION_SCHEDULE
@@ -97,10 +98,19 @@ def test_retention_prunes_old_succeeded_jobs_only():
         Job.objects.create(task_name="ops.ping", queue="default", state=Job.State.FAILED, finished_at=old),
         Job.objects.create(task_name="ops.ping", queue="default", state=Job.State.DEAD, finished_at=old),
     ]
+    # An order's workflow jobs are its history: they stay while the order does.
+    customer = get_user_model().objects.create_user("customer")
+    order = Order.objects.create(customer=customer, email="c@example.com", payment_token="tok_ok")
+    step_job = Job.objects.create(
+        task_name="orders.validate_payment", queue="critical", state="succeeded", finished_at=old
+    )
+    OrderStep.objects.create(order=order, name="validate_payment", position=1, job=step_job)
+    kept.append(step_job)
     for _ in range(3):
-        Job.objects.create(task_name="ops.ping", queue="default", state=Job.State.SUCCEEDED, finished_at=old)
+        job = Job.objects.create(task_name="ops.ping", queue="default", state=Job.State.SUCCEEDED, finished_at=old)
+        job.attempt_history.create(number=1, started_at=old, outcome="succeeded")
 
-    assert jobs_prune_succeeded(older_than=timedelta(days=30)) == 3
+    assert jobs_prune_succeeded(older_than=timedelta(days=30)) == 3  # jobs, not their attempts
     assert set(Job.objects.values_list("pk", flat=True)) == {job.pk for job in kept}
 
 
