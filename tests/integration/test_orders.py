@@ -7,6 +7,7 @@ the one before succeeded; failures fail the order; stock never goes negative.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,9 @@ import requests
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 
-from tasks.models import ApiToken, Job, JobAttempt, Order, Product
+from tasks.models import ApiToken, Job, JobAttempt, Order, Product, WebhookEndpoint
 from tasks.services.orders import order_reserve_inventory
+from tests.support.http_receiver import HttpReceiver
 from tests.support.processes import free_port, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -366,3 +368,28 @@ def test_cancelling_a_reserved_order_puts_its_stock_back(shop, headers, products
     assert Product.objects.get(sku="MUG").stock == 10
     again = requests.post(f"{shop['web']}/api/orders/{order_id}/cancel", headers=headers, timeout=TIMEOUT)
     assert again.status_code == 409
+
+
+# --- order events reach webhooks ---------------------------------------------------------------------
+
+
+def test_an_orders_status_changes_reach_the_subscribed_webhook_in_order(shop, headers, products, start_worker):
+    receiver = HttpReceiver().start()
+    try:
+        WebhookEndpoint.objects.create(
+            name="erp", url=f"{receiver.url}/orders", event_types=["order.paid", "order.confirmed", "order.failed"]
+        )
+        shop["start_workers"]()
+        start_worker("default")  # deliveries
+
+        order_id = place(shop["web"], headers, [{"sku": "MUG", "quantity": 1}]).json()["id"]
+
+        wait_for_order(order_id, "confirmed")
+        received = receiver.wait_for(2, path="/orders")
+    finally:
+        receiver.stop()
+    events = sorted((json.loads(request.body) for request in received), key=lambda body: body["created_at"])
+    assert [(body["event"], body["data"]["id"], body["data"]["status"]) for body in events] == [
+        ("order.paid", order_id, "paid"),
+        ("order.confirmed", order_id, "confirmed"),
+    ]  # order.reserved is not subscribed
