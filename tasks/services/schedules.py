@@ -1,31 +1,117 @@
-"""Schedules the platform needs, seeded into django-celery-beat (admins may edit or disable them)."""
+"""Schedules the platform needs, seeded into django-celery-beat (admins may edit or disable them).
+
+Seeding only ever creates: a schedule is looked up by its name, and one that exists is left
+exactly as an admin made it (timing, enabled, queue, arguments). Delete a schedule only to have
+the next seeding recreate it with its defaults; disable it to stop it.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
 
 from tasks.queues import QueueName
 
 RETENTION_SCHEDULE = "Prune succeeded jobs (JOB_RETENTION_DAYS)"
+PRUNE_CANCELLED_ORDERS_SCHEDULE = "Prune cancelled orders (CANCELLED_ORDER_RETENTION_DAYS)"
+ALERT_STUCK_ORDERS_SCHEDULE = "Alert on orders stuck in pending (PENDING_ORDER_ALERT_MINUTES)"
 
 
-def schedules_seed(**_signal_kwargs) -> None:
-    """Create the platform's schedules if missing; an admin's edits to existing ones are kept.
+@dataclass(frozen=True)
+class SeededSchedule:
+    name: str
+    task: str
+    description: str
+    #: returns the timing fields of the PeriodicTask ({"crontab": ...} or {"interval": ...})
+    timing: Callable[[], dict[str, Any]]
+    queue: str
+    expire_seconds: int | None = None
 
-    Connected to post_migrate, so it also runs after the test database is flushed.
-    """
-    from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-    nightly, _ = CrontabSchedule.objects.get_or_create(
-        minute="17", hour="3", day_of_week="*", day_of_month="*", month_of_year="*", timezone="UTC"
-    )
-    PeriodicTask.objects.get_or_create(
+def _crontab(*, minute: str, hour: str) -> dict[str, Any]:
+    from django_celery_beat.models import CrontabSchedule
+
+    fields = {
+        "minute": minute,
+        "hour": hour,
+        "day_of_week": "*",
+        "day_of_month": "*",
+        "month_of_year": "*",
+        "timezone": "UTC",
+    }
+    # Not get_or_create: nothing stops admins from making identical rows, and any of them will do.
+    crontab = CrontabSchedule.objects.filter(**fields).order_by("pk").first()
+    return {"crontab": crontab or CrontabSchedule.objects.create(**fields)}
+
+
+def _every(seconds: int) -> dict[str, Any]:
+    from django_celery_beat.models import IntervalSchedule
+
+    fields = {"every": seconds, "period": IntervalSchedule.SECONDS}
+    interval = IntervalSchedule.objects.filter(**fields).order_by("pk").first()
+    return {"interval": interval or IntervalSchedule.objects.create(**fields)}
+
+
+SCHEDULES = (
+    SeededSchedule(
         name=RETENTION_SCHEDULE,
-        defaults={
-            "task": "jobs.prune_succeeded",
-            "crontab": nightly,
-            "queue": QueueName.BULK.value,
-            "kwargs": json.dumps({}),
-            "description": "Deletes succeeded jobs older than JOB_RETENTION_DAYS from the job ledger.",
-        },
-    )
+        task="jobs.prune_succeeded",
+        description="Deletes succeeded jobs older than JOB_RETENTION_DAYS from the job ledger.",
+        timing=lambda: _crontab(minute="17", hour="3"),
+        queue=QueueName.BULK.value,
+    ),
+    SeededSchedule(
+        name=PRUNE_CANCELLED_ORDERS_SCHEDULE,
+        task="orders.prune_cancelled",
+        description=(
+            "Every day at 02:00 UTC: deletes cancelled orders (with their items and steps) that were "
+            "cancelled more than CANCELLED_ORDER_RETENTION_DAYS ago, in batches."
+        ),
+        timing=lambda: _crontab(minute="0", hour="2"),
+        queue=QueueName.DEFAULT.value,
+    ),
+    SeededSchedule(
+        name=ALERT_STUCK_ORDERS_SCHEDULE,
+        task="orders.alert_stuck_pending",
+        description=(
+            "Every 60 s: raises an ops alert (and a WARNING log line) for each order pending for longer "
+            "than PENDING_ORDER_ALERT_MINUTES, once per order; resolves alerts whose order moved on."
+        ),
+        timing=lambda: _every(60),
+        queue=QueueName.DEFAULT.value,
+        # A run that waited in the queue longer than the interval is dropped: the next one does its work.
+        expire_seconds=60,
+    ),
+)
+
+
+def schedules_seed(**_signal_kwargs: Any) -> dict[str, bool]:
+    """Create the platform's schedules that are missing; returns each name -> True if created now.
+
+    Connected to post_migrate (so a fresh database has them, and so does the test database after
+    each flush) and run by ``manage.py seed_schedules``. Existing schedules are never touched.
+    """
+    from django_celery_beat.models import PeriodicTask
+
+    created: dict[str, bool] = {}
+    for schedule in SCHEDULES:
+        if PeriodicTask.objects.filter(name=schedule.name).exists():
+            created[schedule.name] = False
+            continue
+        with transaction.atomic():
+            _, created[schedule.name] = PeriodicTask.objects.get_or_create(
+                name=schedule.name,
+                defaults={
+                    "task": schedule.task,
+                    "queue": schedule.queue,
+                    "kwargs": json.dumps({}),
+                    "description": schedule.description,
+                    "expire_seconds": schedule.expire_seconds,
+                    **schedule.timing(),
+                },
+            )
+    return created

@@ -2,14 +2,48 @@
 
 from datetime import timedelta
 
-from celery import shared_task
+from celery.utils.log import get_task_logger
 from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.registry import LedgerTask
+from tasks.registry import LedgerTask, ledger_task
+from tasks.services.maintenance import orders_alert_stuck_pending, orders_prune_cancelled
 from tasks.services.retention import jobs_prune_succeeded
 
+logger = get_task_logger(__name__)
 
-@shared_task(name="jobs.prune_succeeded", base=LedgerTask, bind=True)
-def jobs_prune_succeeded_task(self: LedgerTask) -> dict:
+
+# Ledger tasks (with a payload schema, not public) rather than bare shared tasks: the relay and the
+# retry service publish a job again through the ledger registry, so a run that failed on a database
+# hiccup is retried like any other job.
+
+
+class NoPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@ledger_task(name="jobs.prune_succeeded", payload=NoPayload)
+def jobs_prune_succeeded_task(task: LedgerTask, payload: NoPayload) -> dict:
     deleted = jobs_prune_succeeded(older_than=timedelta(days=settings.JOB_RETENTION_DAYS))
     return {"deleted": deleted, "retention_days": settings.JOB_RETENTION_DAYS}
+
+
+class PruneCancelledPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(1000, ge=1, le=10_000, description="Orders deleted per transaction.")
+
+
+@ledger_task(name="orders.prune_cancelled", payload=PruneCancelledPayload)
+def orders_prune_cancelled_task(task: LedgerTask, payload: PruneCancelledPayload) -> dict:
+    retention = settings.CANCELLED_ORDER_RETENTION_DAYS
+    deleted = orders_prune_cancelled(older_than=timedelta(days=retention), batch_size=payload.batch_size)
+    logger.info("job %s: pruned %d cancelled orders older than %d days", task.request.id, deleted, retention)
+    return {"deleted": deleted, "retention_days": retention}
+
+
+@ledger_task(name="orders.alert_stuck_pending", payload=NoPayload)
+def orders_alert_stuck_pending_task(task: LedgerTask, payload: NoPayload) -> dict:
+    minutes = settings.PENDING_ORDER_ALERT_MINUTES
+    raised = orders_alert_stuck_pending(older_than=timedelta(minutes=minutes))
+    return {"raised": len(raised), "alert_after_minutes": minutes}
