@@ -34,11 +34,13 @@ chromium:
 		echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium"; \
 	fi
 
-## bench: priorities (a critical job behind a bulk backlog) and enqueue throughput and latency
-## against raw Celery; BENCH_DATABASE_URL=postgres://... benchmarks on PostgreSQL
+## bench: priorities (a critical job behind a bulk backlog), enqueue throughput and latency against
+## raw Celery, and a report's worker memory over 10k vs 100k orders;
+## BENCH_DATABASE_URL=postgres://... benchmarks on PostgreSQL
 bench: $(INSTALLED)
 	$(PY) -m bench.priority
 	$(PY) -m bench.enqueue
+	$(PY) -m bench.report_memory
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -60,6 +60,16 @@ task_default_queue = QueueName.DEFAULT.value
 task_create_missing_queues = False
 task_routes = {
     "ops.*": {"queue": QueueName.DEFAULT.value},
+    "webhooks.*": {"queue": QueueName.DEFAULT.value},
+    "notifications.*": {"queue": QueueName.DEFAULT.value},
+    "reports.*": {"queue": QueueName.BULK.value},
+    # The order workflow is what customers wait for.
+    "orders.validate_payment": {"queue": QueueName.CRITICAL.value},
+    "orders.reserve_inventory": {"queue": QueueName.CRITICAL.value},
+    "orders.send_confirmation": {"queue": QueueName.CRITICAL.value},
+    # Shop housekeeping fired by beat.
+    "orders.prune_cancelled": {"queue": QueueName.DEFAULT.value},
+    "orders.alert_stuck_pending": {"queue": QueueName.DEFAULT.value},
 }
 # Without this a message with no priority lands in list 0, the most urgent one.
 task_default_priority = PRIORITY_DEFAULT

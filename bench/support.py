@@ -40,6 +40,7 @@ def prepare_environment(sqlite_name: str) -> RedisProcess | None:
     """
     os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key")
+    os.environ.setdefault("PAYMENT_SANDBOX", "true")  # settings want a payment gateway; none is called
     os.environ.setdefault("LOG_LEVEL", "INFO")  # as the Procfile runs the workers
     # The Procfile's celery and uvicorn must be this virtualenv's.
     os.environ["PATH"] = os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")])

@@ -1,5 +1,21 @@
 from tasks.models.jobs import Job, JobAction, JobAttempt
+from tasks.models.notifications import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tasks.models.orders import OpsAlert, Order, OrderItem, OrderStep, Product
+from tasks.models.reports import Report
 from tasks.models.tokens import ApiToken
 
-__all__ = ["ApiToken", "Job", "JobAction", "JobAttempt", "OpsAlert", "Order", "OrderItem", "OrderStep", "Product"]
+__all__ = [
+    "ApiToken",
+    "Job",
+    "JobAction",
+    "JobAttempt",
+    "OpsAlert",
+    "Order",
+    "OrderItem",
+    "OrderStep",
+    "Product",
+    "Report",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+]
