@@ -28,6 +28,8 @@ from tasks.services import ledger
 LEDGER_TASKS: dict[str, LedgerTask] = {}
 #: the ledger tasks a client may enqueue by name (the API); the others only services enqueue
 PUBLIC_TASKS: dict[str, LedgerTask] = {}
+#: the ledger tasks an admin may put on a schedule (public ones, and housekeeping)
+SCHEDULABLE_TASKS: dict[str, LedgerTask] = {}
 
 #: errors no retry can mend: an explicit PermanentError, and a payload the schema refuses
 ALWAYS_PERMANENT = (PermanentError, ValidationError)
@@ -140,11 +142,14 @@ class LedgerTask(Task):
         return self.retry(exc=exc, countdown=delay.total_seconds(), max_retries=LEDGER_OUTAGE_MAX_RETRIES)
 
 
-def ledger_task(*, name: str, payload: type[BaseModel], public: bool = False, **options: Any) -> Callable:
+def ledger_task(
+    *, name: str, payload: type[BaseModel], public: bool = False, schedulable: bool = False, **options: Any
+) -> Callable:
     """Declare a ledger task; the function receives the task and the validated payload model.
 
     ``public`` tasks may be enqueued by name by any API client; the others (workflow steps,
-    deliveries) only by the services that own them.
+    deliveries) only by the services that own them. ``schedulable`` ones (and public ones) may be
+    put on a beat schedule in admin.
     """
 
     def decorate(function: Callable[[LedgerTask, BaseModel], Any]) -> LedgerTask:
@@ -156,6 +161,8 @@ def ledger_task(*, name: str, payload: type[BaseModel], public: bool = False, **
         LEDGER_TASKS[name] = task
         if public:
             PUBLIC_TASKS[name] = task
+        if public or schedulable:
+            SCHEDULABLE_TASKS[name] = task
         return task
 
     return decorate

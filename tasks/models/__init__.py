@@ -2,6 +2,7 @@ from tasks.models.jobs import Job, JobAction, JobAttempt
 from tasks.models.notifications import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tasks.models.orders import OpsAlert, Order, OrderItem, OrderStep, Product
 from tasks.models.reports import Report
+from tasks.models.schedules import MissedRunPolicy, ScheduleOptions
 from tasks.models.tokens import ApiToken
 
 __all__ = [
@@ -9,12 +10,14 @@ __all__ = [
     "Job",
     "JobAction",
     "JobAttempt",
+    "MissedRunPolicy",
     "OpsAlert",
     "Order",
     "OrderItem",
     "OrderStep",
     "Product",
     "Report",
+    "ScheduleOptions",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -22,7 +22,7 @@ class NoPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-@ledger_task(name="jobs.prune_succeeded", payload=NoPayload)
+@ledger_task(name="jobs.prune_succeeded", payload=NoPayload, schedulable=True)
 def jobs_prune_succeeded_task(task: LedgerTask, payload: NoPayload) -> dict:
     deleted = jobs_prune_succeeded(older_than=timedelta(days=settings.JOB_RETENTION_DAYS))
     return {"deleted": deleted, "retention_days": settings.JOB_RETENTION_DAYS}
@@ -34,7 +34,7 @@ class PruneCancelledPayload(BaseModel):
     batch_size: int = Field(1000, ge=1, le=10_000, description="Orders deleted per transaction.")
 
 
-@ledger_task(name="orders.prune_cancelled", payload=PruneCancelledPayload)
+@ledger_task(name="orders.prune_cancelled", payload=PruneCancelledPayload, schedulable=True)
 def orders_prune_cancelled_task(task: LedgerTask, payload: PruneCancelledPayload) -> dict:
     retention = settings.CANCELLED_ORDER_RETENTION_DAYS
     deleted = orders_prune_cancelled(older_than=timedelta(days=retention), batch_size=payload.batch_size)
@@ -42,7 +42,7 @@ def orders_prune_cancelled_task(task: LedgerTask, payload: PruneCancelledPayload
     return {"deleted": deleted, "retention_days": retention}
 
 
-@ledger_task(name="orders.alert_stuck_pending", payload=NoPayload)
+@ledger_task(name="orders.alert_stuck_pending", payload=NoPayload, schedulable=True)
 def orders_alert_stuck_pending_task(task: LedgerTask, payload: NoPayload) -> dict:
     minutes = settings.PENDING_ORDER_ALERT_MINUTES
     raised = orders_alert_stuck_pending(older_than=timedelta(minutes=minutes))
