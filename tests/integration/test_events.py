@@ -233,12 +233,18 @@ def test_a_client_that_leaves_releases_its_subscription(web, broker, bearer, own
     job = Job.objects.create(task_name="ops.ping", queue=QueueName.DEFAULT, owner=owner, state=Job.State.QUEUED)
 
     response = open_stream(web, job.id, headers=bearer)
-    assert next(sse_events(response))["data"]["state"] == "queued"
+    # Kept until the end: a parser dropped here would close the connection as it is collected.
+    events = sse_events(response)
+    assert next(events)["data"]["state"] == "queued"
     # Normally subscribed before the first event. On a loaded machine the subscription may have
     # timed out (REDIS_TIMEOUT_SECONDS), and the stream, reading the ledger meanwhile, subscribes
     # again after REDIS_RETRY_SECONDS, at its next quiet-spell read: allow for all of that.
     patience = REDIS_TIMEOUT_SECONDS + REDIS_RETRY_SECONDS + QUIET_SECONDS + 10
     wait_until(lambda: subscribers(broker, job.id) == 1, timeout=patience, what="the stream to subscribe")
+    # Still subscribed a while later: only the client leaving ends it.
+    time.sleep(QUIET_SECONDS + 1)
+    assert subscribers(broker, job.id) == 1
+    events.close()
     response.close()
 
     wait_until(lambda: subscribers(broker, job.id) == 0, timeout=10, what="the server to drop the subscription")
