@@ -1,7 +1,8 @@
-from django.contrib import admin, messages
+from django.contrib import admin
 
+from tasks.admin.actions import apply_each
 from tasks.models import ApiToken, Job, JobAction, JobAttempt
-from tasks.services.recovery import ActionRefused, job_cancel, job_discard, job_retry
+from tasks.services.recovery import job_cancel, job_discard, job_retry
 
 
 class JobAttemptInline(admin.TabularInline):
@@ -40,29 +41,19 @@ class JobAdmin(admin.ModelAdmin):
     actions = ["retry_jobs", "cancel_jobs", "discard_jobs"]
 
     def _apply(self, request, queryset, service, done: str) -> None:
-        applied, refused = 0, []
-        for job in queryset:
-            try:
-                service(job_id=job.pk, by=request.user, via="admin")
-                applied += 1
-            except ActionRefused as exc:
-                refused.append(f"{job.pk}: {exc}")
-        if applied:
-            self.message_user(request, f"{applied} job(s) {done}.", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not changed: " + "; ".join(refused), messages.WARNING)
+        apply_each(self, request, queryset, lambda job: service(job_id=job.pk, by=request.user, via="admin"), done=done)
 
     @admin.action(description="Retry the selected failed, dead or cancelled jobs")
     def retry_jobs(self, request, queryset) -> None:
-        self._apply(request, queryset, job_retry, "queued again")
+        self._apply(request, queryset, job_retry, "job(s) queued again")
 
     @admin.action(description="Cancel the selected jobs")
     def cancel_jobs(self, request, queryset) -> None:
-        self._apply(request, queryset, job_cancel, "cancelled")
+        self._apply(request, queryset, job_cancel, "job(s) cancelled")
 
     @admin.action(description="Discard the selected dead jobs")
     def discard_jobs(self, request, queryset) -> None:
-        self._apply(request, queryset, job_discard, "discarded")
+        self._apply(request, queryset, job_discard, "job(s) discarded")
 
     def has_add_permission(self, request) -> bool:
         return False

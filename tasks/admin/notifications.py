@@ -1,11 +1,12 @@
 """Django admin of the notifications domain: webhook endpoints, and deliveries with their attempts."""
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db import models
 from django.urls import reverse
 from django.utils.html import format_html
 
+from tasks.admin.actions import apply_each
 from tasks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tasks.models.notifications import WebhookEvent
 from tasks.services.recovery import ActionRefused, job_retry
@@ -98,17 +99,9 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed/dead deliveries")
     def retry_deliveries(self, request, queryset) -> None:
-        retried, refused = 0, []
-        for delivery in queryset.select_related("job"):
+        def retry(delivery: WebhookDelivery) -> None:
             if delivery.job_id is None:
-                refused.append(f"{delivery.pk}: its job is no longer in the ledger")
-                continue
-            try:
-                job_retry(job_id=delivery.job_id, by=request.user, via="admin")
-                retried += 1
-            except ActionRefused as exc:
-                refused.append(f"{delivery.pk}: {exc}")
-        if retried:
-            self.message_user(request, f"{retried} delivery(ies) queued again.", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not retried: " + "; ".join(refused), messages.WARNING)
+                raise ActionRefused("its job is no longer in the ledger")
+            job_retry(job_id=delivery.job_id, by=request.user, via="admin")
+
+        apply_each(self, request, queryset.select_related("job"), retry, done="delivery(ies) queued again")

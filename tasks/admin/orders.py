@@ -1,12 +1,14 @@
 """Django admin of the orders domain: products, and orders with their items and workflow steps."""
 
-from django.contrib import admin, messages
+from functools import partial
+
+from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from tasks.admin.actions import apply_each
 from tasks.models import Order, OrderItem, OrderStep, Product
 from tasks.services.orders import order_cancel
-from tasks.services.recovery import ActionRefused
 
 
 class InStockFilter(admin.SimpleListFilter):
@@ -93,14 +95,5 @@ class OrderAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected orders (reserved stock goes back)")
     def cancel_orders(self, request, queryset) -> None:
-        cancelled, refused = 0, []
-        for order in queryset:
-            try:
-                order_cancel(order_id=order.pk, by=request.user, via="admin")
-                cancelled += 1
-            except ActionRefused as exc:
-                refused.append(f"{order.pk}: {exc}")
-        if cancelled:
-            self.message_user(request, f"{cancelled} order(s) cancelled.", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not cancelled: " + "; ".join(refused), messages.WARNING)
+        cancel = partial(order_cancel, by=request.user, via="admin")
+        apply_each(self, request, queryset, lambda order: cancel(order_id=order.pk), done="order(s) cancelled")

@@ -234,7 +234,7 @@ def test_admin_retries_the_selected_dead_deliveries(admin_client, receiver, brok
 
     shown = [str(message) for message in response.context["messages"]]
     assert "1 delivery(ies) queued again." in shown
-    assert any(text.startswith("Not retried: ") and str(queued.pk) in text for text in shown)
+    assert any(text.startswith("Not changed: ") and str(queued.pk) in text for text in shown)
     retried = Job.objects.get(pk=dead.job_id)
     assert retried.state in (Job.State.PENDING, Job.State.QUEUED)
     action = JobAction.objects.get(job=retried)

@@ -393,3 +393,19 @@ def test_an_orders_status_changes_reach_the_subscribed_webhook_in_order(shop, he
         ("order.paid", order_id, "paid"),
         ("order.confirmed", order_id, "confirmed"),
     ]  # order.reserved is not subscribed
+
+
+def test_admin_cancels_the_selected_orders_and_says_which_it_could_not(admin_client, products, customer, broker):
+    open_order = Order.objects.create(customer=customer, email="ada@example.com", payment_token="tok_ok")
+    done = Order.objects.create(customer=customer, email="ada@example.com", payment_token="tok_ok", status="confirmed")
+
+    response = admin_client.post(
+        "/admin/tasks/order/",
+        {"action": "cancel_orders", "_selected_action": [open_order.pk, done.pk]},
+        follow=True,
+    )
+
+    shown = [str(message) for message in response.context["messages"]]
+    assert "1 order(s) cancelled." in shown
+    assert any(text.startswith("Not changed: ") and str(done.pk) in text for text in shown)
+    assert list(Order.objects.order_by("status").values_list("status", flat=True)) == ["cancelled", "confirmed"]
