@@ -104,6 +104,8 @@ worker_send_task_events = True
 task_send_sent_event = True
 
 # --- beat: schedules live in the database, edited in Django admin -----------------------------
-beat_scheduler = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's DatabaseScheduler, subclassed: one leader at a time (a Redis lease), each run
+# a ledger job whose key is its due time, and a missed-run policy (see tasks/beat.py).
+beat_scheduler = "tasks.beat:LeaderScheduler"
 timezone = settings.TIME_ZONE
 enable_utc = True

@@ -181,6 +181,8 @@ WEBHOOK_BACKOFF_BASE_SECONDS = env_int("WEBHOOK_BACKOFF_BASE_SECONDS", 10)
 CANCELLED_ORDER_RETENTION_DAYS = env_int("CANCELLED_ORDER_RETENTION_DAYS", 90, minimum=1)
 #: an order still pending after this many minutes raises an ops alert
 PENDING_ORDER_ALERT_MINUTES = env_int("PENDING_ORDER_ALERT_MINUTES", 10, minimum=1)
+#: beat leader lease in Redis: a standby beat takes over within twice this after the leader dies
+BEAT_LEASE_SECONDS = env_int("BEAT_LEASE_SECONDS", 10, minimum=2)
 
 #: largest JSON body the API accepts
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
