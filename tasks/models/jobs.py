@@ -118,6 +118,8 @@ class Job(models.Model):
             models.Index(fields=["state", "-created_at"], name="job_state_created"),
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
             models.Index(fields=["queue", "state"], name="job_queue_state"),
+            # A schedule's runs (origin beat:<name>), newest first, for its admin pages.
+            models.Index(fields=["origin", "-created_at"], name="job_origin_created"),
             # What the relay scans every second: small, since published jobs leave it.
             models.Index(
                 fields=["run_at", "created_at"],

@@ -1,4 +1,5 @@
-"""Schedules the platform needs, seeded into django-celery-beat (admins may edit or disable them).
+"""Schedules: the ones the platform needs, seeded into django-celery-beat (admins may edit or
+disable them), a schedule's platform options, and running a schedule by hand.
 
 Seeding only ever creates: a schedule is looked up by its name, and one that exists is left
 exactly as an admin made it (timing, enabled, queue, arguments). Delete a schedule only to have
@@ -8,13 +9,23 @@ the next seeding recreate it with its defaults; disable it to stop it.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 
+from tasks.models import Job, ScheduleOptions
 from tasks.queues import QueueName
+from tasks.registry import SCHEDULABLE_TASKS
+from tasks.selectors.schedules import schedule_origins
+from tasks.services.jobs import EnqueueError, job_enqueue
+
+if TYPE_CHECKING:
+    from django_celery_beat.models import PeriodicTask
+
+logger = logging.getLogger(__name__)
 
 RETENTION_SCHEDULE = "Prune succeeded jobs (JOB_RETENTION_DAYS)"
 PRUNE_CANCELLED_ORDERS_SCHEDULE = "Prune cancelled orders (CANCELLED_ORDER_RETENTION_DAYS)"
@@ -29,7 +40,6 @@ class SeededSchedule:
     #: returns the timing fields of the PeriodicTask ({"crontab": ...} or {"interval": ...})
     timing: Callable[[], dict[str, Any]]
     queue: str
-    expire_seconds: int | None = None
 
 
 def _crontab(*, minute: str, hour: str) -> dict[str, Any]:
@@ -83,8 +93,6 @@ SCHEDULES = (
         ),
         timing=lambda: _every(60),
         queue=QueueName.DEFAULT.value,
-        # A run that waited in the queue longer than the interval is dropped: the next one does its work.
-        expire_seconds=60,
     ),
 )
 
@@ -110,8 +118,51 @@ def schedules_seed(**_signal_kwargs: Any) -> dict[str, bool]:
                     "queue": schedule.queue,
                     "kwargs": json.dumps({}),
                     "description": schedule.description,
-                    "expire_seconds": schedule.expire_seconds,
                     **schedule.timing(),
                 },
             )
     return created
+
+
+class ScheduleRunRefused(Exception):
+    """The schedule cannot become a job as it stands (its task or arguments); nothing was enqueued."""
+
+
+def schedule_run_now(*, schedule: PeriodicTask, by) -> Job:
+    """Run a schedule's task now, as a ledger job like any other; its timing is left as it is.
+
+    The job carries the schedule's arguments, queue and priority, and the origin
+    ``beat:<name>:run-now``, so it is listed with the schedule's runs.
+    """
+    if schedule.task not in SCHEDULABLE_TASKS:
+        raise ScheduleRunRefused(f"task {schedule.task!r} is not a schedulable task")
+    try:
+        args, payload = json.loads(schedule.args or "[]"), json.loads(schedule.kwargs or "{}")
+    except ValueError as exc:
+        raise ScheduleRunRefused(f"its arguments are not JSON ({exc})") from None
+    if args:
+        raise ScheduleRunRefused("it has positional arguments; the platform's tasks take keyword arguments only")
+    if not isinstance(payload, dict):
+        raise ScheduleRunRefused("its keyword arguments are not a JSON object")
+    try:
+        job = job_enqueue(
+            task_name=schedule.task,
+            payload=payload,
+            queue=schedule.queue or None,
+            priority=schedule.priority,
+            origin=schedule_origins(schedule.name)[1],
+            owner=by,
+        )
+    except EnqueueError as exc:
+        problems = "; ".join(f"{e['field']}: {e['message']}" for e in exc.details.get("errors", []))
+        raise ScheduleRunRefused(f"{exc}{': ' + problems if problems else ''}") from None
+    logger.info("schedule %r run now by %s: job %s", schedule.name, getattr(by, "username", by), job.pk)
+    return job
+
+
+def schedule_options_update(*, schedule: PeriodicTask, missed_run_policy: str) -> ScheduleOptions:
+    """Store the platform's options of a schedule (created on first use; no row means the defaults)."""
+    options, _ = ScheduleOptions.objects.update_or_create(
+        schedule=schedule, defaults={"missed_run_policy": missed_run_policy}
+    )
+    return options
