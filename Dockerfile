@@ -21,7 +21,7 @@ COPY . .
 # the image's environment never holds them.
 # The code stays root-owned (read-only to the app); only var/ (a SQLite fallback) is writable.
 RUN DJANGO_SECRET_KEY=collectstatic-only PAYMENT_SANDBOX=true python manage.py collectstatic --noinput \
-    && mkdir -p var/media && chown -R app:app var
+    && mkdir -p var/media var/flower && chown -R app:app var
 
 USER app
 

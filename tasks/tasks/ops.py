@@ -71,6 +71,13 @@ class FailPayload(BaseModel):
     succeed_on_attempt: int | None = Field(
         None, ge=1, description="Transient mode: fail until this attempt, then succeed."
     )
+    note: str = Field(
+        "",
+        max_length=20_000,
+        exclude_if=lambda value: not value,  # stored payloads without a note stay as they were
+        description="Free text returned on success: shows that a retry replays the stored arguments, "
+        "even past the 1024 characters Celery keeps of them for Flower.",
+    )
 
 
 class TransientOpsError(Exception):
@@ -84,7 +91,7 @@ def ops_fail(task: LedgerTask, payload: FailPayload) -> dict:
     if payload.mode == "permanent":
         raise PermanentError(f"ops.fail: permanent failure requested (attempt {attempt})")
     if payload.succeed_on_attempt is not None and attempt >= payload.succeed_on_attempt:
-        return {"succeeded_on_attempt": attempt}
+        return {"succeeded_on_attempt": attempt, **({"note": payload.note} if payload.note else {})}
     raise TransientOpsError(f"ops.fail: transient failure on attempt {attempt}")
 
 

@@ -61,7 +61,7 @@ def test_bad_celery_setting_stops_a_worker_with_one_line(env, named):
 
 @pytest.mark.parametrize("credentials", ["", "ops", "ops:", ":secret"])
 def test_flower_refuses_to_start_without_basic_auth(credentials):
-    done = start([str(BIN_DIR / "celery"), "-A", "project", "flower", "--port=0"], FLOWER_BASIC_AUTH=credentials)
+    done = start([str(BIN_DIR / "python"), "-m", "project.flower", "--port=0"], FLOWER_BASIC_AUTH=credentials)
 
     assert done.returncode != 0
     assert "configuration error: FLOWER_BASIC_AUTH" in done.stderr
