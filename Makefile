@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test chromium lint bench clean
+.PHONY: run test chromium lint bench fuzz clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ bench: $(INSTALLED)
 	$(PY) -m bench.priority
 	$(PY) -m bench.enqueue
 	$(PY) -m bench.report_memory
+
+## fuzz: the schemathesis run against the API and the payload property tests, far longer than in
+## `make test` (FUZZ_EXAMPLES per API operation, PROPERTY_EXAMPLES per payload schema), with fresh
+## random data each run (FUZZ_RANDOM) instead of CI's fixed seed
+FUZZ_EXAMPLES ?= 500
+PROPERTY_EXAMPLES ?= 5000
+fuzz: $(INSTALLED)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PROPERTY_EXAMPLES=$(PROPERTY_EXAMPLES) FUZZ_RANDOM=1 \
+		$(PY) -m pytest -o timeout=3600 \
+		tests/integration/test_fuzz_api.py tests/unit/test_payload_properties.py $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -27,6 +27,13 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
 if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = 31536000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    # A plain-HTTP request that reached us past the proxy is sent to https, except what is called
+    # inside the deployment over plain HTTP: the probes (compose's healthcheck) and the sandbox
+    # gateway that workers call at http://web:8000 when it is on.
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^sandbox/"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
@@ -186,6 +193,11 @@ BEAT_LEASE_SECONDS = env_int("BEAT_LEASE_SECONDS", 10, minimum=2)
 
 #: largest JSON body the API accepts
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
+#: jobs one user may enqueue through the API a minute: a burst up to it, then refilled evenly; a
+#: batch counts each job; staff are limited too. 0 turns it off. The default lets a full batch (1000) through.
+API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 1200)
+#: largest payload of one job as JSON (it travels in the message and is kept in the ledger)
+JOB_MAX_PAYLOAD_BYTES = env_int("JOB_MAX_PAYLOAD_BYTES", 64 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

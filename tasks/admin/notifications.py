@@ -1,7 +1,12 @@
-"""Django admin of the notifications domain: webhook endpoints, and deliveries with their attempts."""
+"""Django admin of the notifications domain: webhook endpoints, and deliveries with their attempts.
+
+An endpoint's signing secret is shown in full once: in the message after the endpoint is added,
+or after the "Rotate" action made a new one. Its change page shows only the first characters, and
+the secret is not a field there, so it is never sent to a browser again.
+"""
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import models
 from django.urls import reverse
 from django.utils.html import format_html
@@ -32,6 +37,38 @@ class WebhookEndpointForm(forms.ModelForm):
         model = WebhookEndpoint
         fields = ("name", "url", "event_types", "secret", "active")
         formfield_callback = _https_by_default
+        widgets = {"secret": forms.PasswordInput(render_value=False)}  # not echoed back on a form error
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if "secret" in self.fields:
+            self.fields["secret"].help_text = (
+                "Signs every delivery (HMAC-SHA256). Leave blank to have one generated. It is shown once, "
+                "after saving; then only its first characters."
+            )
+
+
+#: characters of a secret shown after it was created
+SECRET_HINT_CHARS = 4
+
+
+def secret_hint(secret: str) -> str:
+    """The first characters of a secret and an ellipsis: enough to tell secrets apart, not to use one."""
+    return f"{secret[:SECRET_HINT_CHARS]}…" if secret else ""
+
+
+def _show_secret_once(model_admin: admin.ModelAdmin, request, endpoint: WebhookEndpoint, what: str) -> None:
+    model_admin.message_user(
+        request,
+        format_html(
+            '{} of “{}”: <code class="webhook-secret">{}</code> — copy it now and share it with the receiver; '
+            "it is not shown again.",
+            what,
+            endpoint.name,
+            endpoint.secret,
+        ),
+        messages.WARNING,
+    )
 
 
 @admin.register(WebhookEndpoint)
@@ -41,10 +78,40 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_display = ("name", "url", "active", "events", "created_at")
     list_filter = ("active",)
     search_fields = ("name", "url")
+    actions = ["rotate_secrets"]
+
+    def get_fields(self, request, obj: WebhookEndpoint | None = None):
+        if obj is None:
+            return ("name", "url", "event_types", "secret", "active")
+        return ("name", "url", "event_types", "secret_masked", "active")
+
+    def get_readonly_fields(self, request, obj: WebhookEndpoint | None = None):
+        return ("secret_masked",) if obj is not None else ()
+
+    @admin.display(description="signing secret")
+    def secret_masked(self, endpoint: WebhookEndpoint) -> str:
+        return format_html(
+            '{} <span class="help">(shown in full only when made; use the “Rotate” action for a new one)</span>',
+            secret_hint(endpoint.secret),
+        )
+
+    def save_model(self, request, obj: WebhookEndpoint, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            _show_secret_once(self, request, obj, "Signing secret")
 
     @admin.display(description="events")
     def events(self, endpoint: WebhookEndpoint) -> str:
         return ", ".join(endpoint.event_types or [])
+
+    @admin.action(
+        description="Rotate the signing secret of the selected endpoints (new one shown once)", permissions=["change"]
+    )
+    def rotate_secrets(self, request, queryset) -> None:
+        # Deliveries not yet sent, and retries, are signed with the new secret.
+        for endpoint in queryset:
+            endpoint.rotate_secret()
+            _show_secret_once(self, request, endpoint, "New signing secret")
 
 
 class WebhookAttemptInline(admin.TabularInline):

@@ -34,9 +34,24 @@ class StrictJSONParser(Parser):
             raise MalformedJSON(f"{name} is not valid JSON")
 
         try:
-            return json.loads(request.body, parse_constant=reject_constant)
+            data = json.loads(request.body, parse_constant=reject_constant)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise MalformedJSON(str(exc)) from exc
+        if _has_nul(data):
+            # Valid JSON, but no text column (nor PostgreSQL's jsonb) can hold it: refused here,
+            # not as a database error in the middle of an enqueue.
+            raise MalformedJSON("strings must not contain NUL (\\u0000)")
+        return data
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 # The interactive docs and schema are for staff (admin session); API clients use the endpoints.
@@ -104,6 +119,9 @@ def _idempotency_key_in_use(request: HttpRequest, exc: IdempotencyKeyInUse):
 
 @api.exception_handler(ValidationError)
 def _invalid_request(request: HttpRequest, exc: ValidationError):
+    if exc.errors and all(tuple(error.get("loc", ()))[:1] == ("path",) for error in exc.errors):
+        # /api/jobs/<not a uuid> names no resource that could exist: not found, as for a missing id.
+        return _error(request, 404, "not found", "not_found")
     errors = [_field_error(error) for error in exc.errors]
     indexes = [error["index"] for error in errors if "index" in error]
     extra = {"index": min(indexes)} if indexes else {}
@@ -126,7 +144,9 @@ def _field_error(error: dict[str, Any]) -> dict[str, Any]:
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError):
-    if isinstance(exc, AuthenticationError):
+    if isinstance(exc, AuthenticationError) or (exc.status_code == 403 and not _has_session(request)):
+        # Session auth checks CSRF before it looks for a session, so a POST with no (or a bad)
+        # bearer token would read "CSRF check Failed": without a session the answer is 401.
         return _error(request, 401, "authentication required: a bearer token or a session", "unauthenticated")
     if isinstance(exc.__cause__, MalformedJSON):
         return _error(request, 400, f"malformed JSON body: {exc.__cause__}", "malformed_json")
@@ -134,6 +154,11 @@ def _http_error(request: HttpRequest, exc: HttpError):
         return body_too_large_response()
     codes = {403: "forbidden", 404: "not_found", 429: "throttled"}
     return _error(request, exc.status_code, str(exc), codes.get(exc.status_code, f"http_{exc.status_code}"))
+
+
+def _has_session(request: HttpRequest) -> bool:
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated)
 
 
 @api.exception_handler(RequestDataTooBig)

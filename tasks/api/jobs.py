@@ -15,6 +15,7 @@ from tasks.api.base import Error, IdempotencyKeyInUse, Unprocessable, api
 from tasks.models import Job
 from tasks.models.jobs import JobState
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
+from tasks.ratelimit import rate_limited
 from tasks.selectors import jobs as job_selectors
 from tasks.selectors.queues import queue_overview
 from tasks.services.jobs import MAX_ATTEMPTS_LIMIT, MAX_DELAY, job_enqueue, job_enqueue_many
@@ -156,11 +157,13 @@ def _held_by_someone_else(job: Job, user) -> bool:
         202: JobAccepted,
         409: Error,
         422: Unprocessable,
+        429: Error,
         503: JobNotPublished,
         **_COMMON_ERRORS,
     },
     url_name="job_create",
 )
+@rate_limited()
 def job_create(request: HttpRequest, body: JobIn):
     """Enqueue a job and answer at once with its id (202); a repeated idempotency key answers 200
     with the first job, or 409 when another owner holds the key. 503 when Redis is down: the job is
@@ -178,9 +181,17 @@ def job_create(request: HttpRequest, body: JobIn):
 
 @api.post(
     "/jobs/batch",
-    response={202: BatchAccepted, 409: Error, 422: Unprocessable, 503: BatchNotPublished, **_COMMON_ERRORS},
+    response={
+        202: BatchAccepted,
+        409: Error,
+        422: Unprocessable,
+        429: Error,
+        503: BatchNotPublished,
+        **_COMMON_ERRORS,
+    },
     url_name="job_create_batch",
 )
+@rate_limited(cost=lambda body, **_: len(body.jobs))  # each job of the batch counts
 def job_create_batch(request: HttpRequest, body: BatchIn):
     """Enqueue up to 1000 jobs, all or none; answers them in request order. A bad item answers 422
     with its ``index``. 503 when Redis is down: the jobs are kept pending for the relay."""
@@ -211,7 +222,12 @@ def job_get(request: HttpRequest, job_id: UUID):
     return job_selectors.job_get_visible(user=request.user, job_id=job_id)
 
 
-@api.post("/jobs/{job_id}/retry", response={202: JobAccepted, 401: Error, 404: Error, 409: Error}, url_name="job_retry")
+@api.post(
+    "/jobs/{job_id}/retry",
+    response={202: JobAccepted, 401: Error, 404: Error, 409: Error, 429: Error},
+    url_name="job_retry",
+)
+@rate_limited()
 def job_retry_view(request: HttpRequest, job_id: UUID):
     """Run a failed, dead or cancelled job again with the arguments stored at enqueue; 409 otherwise."""
     job = job_selectors.job_get_visible(user=request.user, job_id=job_id)

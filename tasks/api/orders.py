@@ -14,6 +14,7 @@ from ninja.pagination import PageNumberPagination, paginate
 
 from tasks.api.base import Error, Unprocessable, api
 from tasks.models import Order
+from tasks.ratelimit import rate_limited
 from tasks.selectors.orders import order_get_visible, orders_visible_to
 from tasks.services.orders import MAX_ORDER_LINES, OrderLine, OrderRejected, order_cancel, order_place
 
@@ -123,9 +124,10 @@ def _order_out(order: Order) -> dict[str, Any]:
 
 @api.post(
     "/orders",
-    response={202: OrderAccepted, 400: Error, 401: Error, 413: Error, 422: Unprocessable},
+    response={202: OrderAccepted, 400: Error, 401: Error, 413: Error, 422: Unprocessable, 429: Error},
     url_name="order_create",
 )
+@rate_limited()  # one order, one workflow: counts as one
 def order_create(request: HttpRequest, body: OrderIn):
     """Place an order: saved as pending, and its workflow (validate payment -> reserve inventory ->
     send confirmation) starts at once; answers 202 with the order id and the three jobs. 422 for an
@@ -150,7 +152,7 @@ def order_create(request: HttpRequest, body: OrderIn):
     return Status(202, {"id": order.pk, "status": order.status, "jobs": _steps(order), **_links(order)})
 
 
-@api.get("/orders", response={200: list[OrderOut], 401: Error}, url_name="order_list")
+@api.get("/orders", response={200: list[OrderOut], 401: Error, 422: Unprocessable}, url_name="order_list")
 @paginate(PageNumberPagination, page_size=50, max_page_size=200)
 def order_list(request: HttpRequest):
     """The caller's orders (every order for staff), newest first."""

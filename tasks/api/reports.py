@@ -17,6 +17,7 @@ from ninja.pagination import PageNumberPagination, paginate
 
 from tasks.api.base import Error, Unprocessable, api
 from tasks.models import Job, Report
+from tasks.ratelimit import rate_limited
 from tasks.selectors.reports import report_get_visible, reports_visible_to
 from tasks.services.reports import MAX_REPORT_DAYS, ReportRequestInvalid, report_request
 
@@ -107,9 +108,18 @@ def _accepted(report: Report) -> dict[str, Any]:
 
 @api.post(
     "/reports",
-    response={202: ReportAccepted, 400: Error, 401: Error, 413: Error, 422: Unprocessable, 503: ReportNotPublished},
+    response={
+        202: ReportAccepted,
+        400: Error,
+        401: Error,
+        413: Error,
+        422: Unprocessable,
+        429: Error,
+        503: ReportNotPublished,
+    },
     url_name="report_create",
 )
+@rate_limited()
 def report_create(request: HttpRequest, body: ReportIn):
     """Ask for a sales report over a date range; answers at once (202) with the report and its
     job. The PDF is built on the bulk queue. 422 names the field when the range is refused."""
@@ -123,7 +133,7 @@ def report_create(request: HttpRequest, body: ReportIn):
     return Status(202, _accepted(report))
 
 
-@api.get("/reports", response={200: list[ReportOut], 401: Error}, url_name="report_list")
+@api.get("/reports", response={200: list[ReportOut], 401: Error, 422: Unprocessable}, url_name="report_list")
 @paginate(PageNumberPagination, page_size=50, max_page_size=200)
 def report_list(request: HttpRequest):
     """The caller's reports (every report for staff), newest first; paginated as /api/jobs."""

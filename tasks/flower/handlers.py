@@ -161,6 +161,22 @@ class TaskRetryApi(JsonApiHandler):
         )
 
 
+class TaskSendRefused(JsonApiHandler):
+    """Flower's apply, async-apply and send-task: any task, any arguments, past the ledger. Jobs
+    are started through the platform (API, admin, schedules), where payloads are validated."""
+
+    @web.authenticated
+    def post(self, task_name: str) -> None:
+        self.answer(
+            403,
+            {
+                "detail": "starting tasks from Flower is turned off: enqueue through the platform's API, "
+                "and retry failed jobs with /api/task/retry/<task-id>",
+                "code": "forbidden",
+            },
+        )
+
+
 class TaskLedgerApi(JsonApiHandler):
     @web.authenticated
     async def get(self, task_id: str) -> None:
@@ -322,5 +338,6 @@ def platform_handlers() -> list:
         web.url(r"/api/task/ledger/(.+)", TaskLedgerApi, name="platform_task_ledger"),
         web.url(r"/task/(.+)", PlatformTaskView, name="platform_task"),
         web.url(r"/dead-letters", DeadLettersView, name="platform_dead_letters"),
+        *((rf"/api/task/{route}/(.+)", TaskSendRefused) for route in ("apply", "async-apply", "send-task")),
         (r"/metrics", PlatformMetrics),
     ]

@@ -89,6 +89,12 @@ class WebhookEndpoint(models.Model):
         if not self.secret:
             self.secret = webhook_secret_generate()
 
+    def rotate_secret(self) -> str:
+        """Replace the signing secret with a new random one; returns it (it is shown once)."""
+        self.secret = webhook_secret_generate()
+        self.save(update_fields=["secret"])
+        return self.secret
+
     def subscribed_to(self, event: str) -> bool:
         return isinstance(self.event_types, list) and event in self.event_types
 

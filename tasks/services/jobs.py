@@ -7,6 +7,7 @@ between) is published later by the relay (tasks.services.relay), which also rele
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ from datetime import timedelta
 from functools import cache, partial
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
@@ -56,6 +58,18 @@ class InvalidPayload(EnqueueError):
 
 class InvalidOption(EnqueueError):
     code = "invalid_option"
+
+
+class PayloadTooLarge(EnqueueError):
+    """A payload over JOB_MAX_PAYLOAD_BYTES as JSON: it would travel in every message and sit in the
+    ledger (the API's body limit bounds what a client sends; this bounds every enqueue)."""
+
+    code = "payload_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        message = f"payload is {size} bytes as JSON, over the limit of {limit} bytes"
+        super().__init__(message, errors=[{"field": "payload", "message": message}])
+        self.size, self.limit = size, limit
 
 
 @dataclass(frozen=True)
@@ -167,16 +181,45 @@ def _jobs_holding_keys(first_with_key: dict[tuple[str, str], Job]) -> dict[tuple
     return holders
 
 
-def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) -> Job:
-    """Validate one request into an unsaved Job, or raise EnqueueError naming the problem."""
-    task = (PUBLIC_TASKS if public_only else LEDGER_TASKS).get(request.task_name)
+def job_payload_validate(*, task_name: str, payload: Any, public_only: bool = False) -> dict[str, Any]:
+    """The payload as the task's schema makes it (JSON-ready, as stored and sent), or UnknownTask /
+    InvalidPayload. One check for every enqueue, so the property tests exercise exactly what the
+    API runs; the worker validates the stored payload again with the same schema."""
+    task = (PUBLIC_TASKS if public_only else LEDGER_TASKS).get(task_name)
     if task is None:
-        raise UnknownTask(f"unknown task {request.task_name!r}", tasks=sorted(PUBLIC_TASKS))
+        raise UnknownTask(f"unknown task {task_name!r}", tasks=sorted(PUBLIC_TASKS))
     try:
-        data = task.payload_schema.model_validate(request.payload or {}).model_dump(mode="json")
+        data = task.payload_schema.model_validate({} if payload is None else payload).model_dump(mode="json")
     except ValidationError as exc:
         errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
-        raise InvalidPayload(f"payload does not match {request.task_name}'s schema", errors=errors) from None
+        raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=errors) from None
+    if _has_nul(data):
+        # The ledger cannot store it (PostgreSQL's jsonb refuses NUL), so neither may the message.
+        message = "strings must not contain NUL (\\u0000)"
+        raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=[{"field": "", "message": message}])
+    if (size := payload_size(data)) > settings.JOB_MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(size, settings.JOB_MAX_PAYLOAD_BYTES)
+    return data
+
+
+def payload_size(payload: Any) -> int:
+    """Bytes of the payload as compact UTF-8 JSON, as the message carries it."""
+    return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) -> Job:
+    """Validate one request into an unsaved Job, or raise EnqueueError naming the problem."""
+    data = job_payload_validate(task_name=request.task_name, payload=request.payload, public_only=public_only)
     queue = request.queue
     if queue is None:
         queue = task_queue(request.task_name)

@@ -206,3 +206,13 @@ def test_offline_workers_leave_the_list(start_flower, start_worker):
     wait_until(lambda: node in listed(), timeout=30, what="Flower to list the worker")
     worker.stop()
     wait_until(lambda: node not in listed(), timeout=30, what="Flower to purge the offline worker")
+
+
+def test_flower_cannot_start_tasks_past_the_ledger(start_flower, broker):
+    _, flower = start_flower()
+
+    for route in ("apply", "async-apply", "send-task"):
+        response = requests.post(f"{flower}/api/task/{route}/ops.ping", auth=FLOWER_AUTH, json={}, timeout=5)
+        assert response.status_code == 403, route
+        assert response.json()["code"] == "forbidden"
+    assert not Job.objects.exists()

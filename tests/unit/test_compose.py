@@ -208,3 +208,25 @@ def test_image_runs_as_non_root_without_baked_secrets():
     ignored = (BASE_DIR / ".dockerignore").read_text().split()
     for path in (".env", "var/"):
         assert path in ignored, f".dockerignore must keep {path} (local secrets) out of the image"
+
+
+@pytest.mark.parametrize("name", BACKING_SERVICES)
+def test_backing_services_are_not_published_on_the_host(services, name):
+    # Reached by the app services over compose's network only; a published Redis is a remote shell.
+    service = services[name]
+    assert not service.get("ports"), f"{name} must not publish a host port: {service.get('ports')}"
+    assert service.get("network_mode") != "host", f"{name} must not share the host's network"
+
+
+def test_every_credential_comes_from_a_required_variable(services):
+    # Wider than SECRET/PASSWORD/AUTH above: API keys and tokens too (PAYMENT_GATEWAY_API_KEY).
+    for name, service in services.items():
+        for variable, value in _environment(service).items():
+            if re.search(r"SECRET|PASSWORD|AUTH|API_KEY|TOKEN", variable):
+                assert _REQUIRED.match(value), f"{name}: {variable} must be '${{NAME:?...}}', got {value!r}"
+
+
+def test_no_service_runs_with_debug_on(services):
+    for name, service in services.items():
+        value = _environment(service).get("DJANGO_DEBUG", "false").strip().lower()
+        assert value in ("", "0", "false", "no", "off"), f"{name}: DJANGO_DEBUG={value!r} in production"
