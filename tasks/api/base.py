@@ -18,7 +18,7 @@ from ninja.parser import Parser
 from tasks.auth import API_AUTH
 from tasks.middleware import body_too_large_response
 from tasks.selectors.queues import BrokerUnavailable
-from tasks.services.jobs import EnqueueError
+from tasks.services.jobs import EnqueueError, contains_nul
 from tasks.services.recovery import ActionRefused
 
 
@@ -37,21 +37,11 @@ class StrictJSONParser(Parser):
             data = json.loads(request.body, parse_constant=reject_constant)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise MalformedJSON(str(exc)) from exc
-        if _has_nul(data):
+        if contains_nul(data):
             # Valid JSON, but no text column (nor PostgreSQL's jsonb) can hold it: refused here,
             # not as a database error in the middle of an enqueue.
             raise MalformedJSON("strings must not contain NUL (\\u0000)")
         return data
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
 
 
 # The interactive docs and schema are for staff (admin session); API clients use the endpoints.

@@ -193,7 +193,7 @@ def job_payload_validate(*, task_name: str, payload: Any, public_only: bool = Fa
     except ValidationError as exc:
         errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
         raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=errors) from None
-    if _has_nul(data):
+    if contains_nul(data):
         # The ledger cannot store it (PostgreSQL's jsonb refuses NUL), so neither may the message.
         message = "strings must not contain NUL (\\u0000)"
         raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=[{"field": "", "message": message}])
@@ -207,13 +207,14 @@ def payload_size(payload: Any) -> int:
     return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def _has_nul(value: Any) -> bool:
+def contains_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character anywhere: no text column (nor jsonb) can store one."""
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+        return any(contains_nul(key) or contains_nul(item) for key, item in value.items())
     if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
+        return any(contains_nul(item) for item in value)
     return False
 
 
