@@ -56,6 +56,8 @@ class OrderItemOut(Schema):
 
 
 class OrderOut(Schema):
+    """An order read from the model (items and steps prefetched by the selector)."""
+
     id: UUID
     status: str
     total: Decimal
@@ -70,6 +72,25 @@ class OrderOut(Schema):
     reserved_at: datetime | None
     confirmed_at: datetime | None
     finished_at: datetime | None
+
+    @staticmethod
+    def resolve_items(order: Order) -> list[dict[str, Any]]:
+        return [
+            {"sku": i.product.sku, "name": i.product.name, "quantity": i.quantity, "unit_price": i.unit_price}
+            for i in order.items.all()
+        ]
+
+    @staticmethod
+    def resolve_steps(order: Order) -> list[dict[str, Any]]:
+        return _steps(order)
+
+    @staticmethod
+    def resolve_url(order: Order) -> str:
+        return _links(order)["url"]
+
+    @staticmethod
+    def resolve_page_url(order: Order) -> str:
+        return _links(order)["page_url"]
 
 
 class OrderAccepted(Schema):
@@ -103,22 +124,6 @@ def _links(order: Order) -> dict[str, str]:
     return {
         "url": reverse("api:order_get", kwargs={"order_id": order.pk}),
         "page_url": reverse("order_page", kwargs={"order_id": order.pk}),
-    }
-
-
-def _order_out(order: Order) -> dict[str, Any]:
-    items = [
-        {"sku": i.product.sku, "name": i.product.name, "quantity": i.quantity, "unit_price": i.unit_price}
-        for i in order.items.all()
-    ]
-    fields = ("id", "status", "total", "email", "failure_reason", "created_at", "paid_at", "reserved_at")
-    return {
-        **{name: getattr(order, name) for name in fields},
-        "confirmed_at": order.confirmed_at,
-        "finished_at": order.finished_at,
-        "items": items,
-        "steps": _steps(order),
-        **_links(order),
     }
 
 
@@ -156,13 +161,13 @@ def order_create(request: HttpRequest, body: OrderIn):
 @paginate(PageNumberPagination, page_size=50, max_page_size=200)
 def order_list(request: HttpRequest):
     """The caller's orders (every order for staff), newest first."""
-    return [_order_out(order) for order in orders_visible_to(request.user).order_by("-created_at", "-pk")]
+    return orders_visible_to(request.user).order_by("-created_at", "-pk")
 
 
 @api.get("/orders/{order_id}", response={200: OrderOut, 401: Error, 404: Error}, url_name="order_get")
 def order_get(request: HttpRequest, order_id: UUID):
     """The order's status and each step's job state; another customer's order answers 404."""
-    return _order_out(order_get_visible(user=request.user, order_id=order_id))
+    return order_get_visible(user=request.user, order_id=order_id)
 
 
 @api.post(
@@ -173,4 +178,4 @@ def order_cancel_view(request: HttpRequest, order_id: UUID):
     goes back; 409 once it is confirmed or cancelled."""
     order = order_get_visible(user=request.user, order_id=order_id)
     order_cancel(order_id=order.pk, by=request.user, via="api")
-    return _order_out(order_get_visible(user=request.user, order_id=order_id))
+    return order_get_visible(user=request.user, order_id=order_id)

@@ -409,3 +409,17 @@ def test_admin_cancels_the_selected_orders_and_says_which_it_could_not(admin_cli
     assert "1 order(s) cancelled." in shown
     assert any(text.startswith("Not changed: ") and str(done.pk) in text for text in shown)
     assert list(Order.objects.order_by("status").values_list("status", flat=True)) == ["cancelled", "confirmed"]
+
+
+def test_customers_list_their_own_orders_page_by_page(client, headers, products, customer):
+    someone = get_user_model().objects.create_user("bob", email="bob@example.com")
+    Order.objects.create(customer=someone, email="bob@example.com", payment_token="tok_ok")
+    mine = [Order.objects.create(customer=customer, email="ada@example.com", payment_token="tok_ok") for _ in range(3)]
+
+    first = client.get("/api/orders?page_size=2", headers=headers).json()
+    second = client.get("/api/orders?page_size=2&page=2", headers=headers).json()
+
+    assert first["count"] == 3
+    listed = [order["id"] for order in first["items"] + second["items"]]
+    assert sorted(listed) == sorted(str(order.pk) for order in mine)
+    assert first["items"][0]["url"] == f"/api/orders/{first['items'][0]['id']}"
