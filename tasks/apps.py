@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 from django.db.models.signals import post_migrate
 
 
@@ -13,3 +14,7 @@ class TasksConfig(AppConfig):
         from tasks.services.schedules import schedules_seed
 
         post_migrate.connect(schedules_seed, sender=self)
+        if settings.DB_STATEMENT_COUNTER_URL:
+            from project.statement_counter import install
+
+            install(settings.DB_STATEMENT_COUNTER_URL)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, ClassVar
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
@@ -41,11 +42,13 @@ class LedgerTask(Task):
     """Keeps the job ledger in step with each run, and decides what a failure means.
 
     Class attributes a task may override: ``max_attempts``, ``backoff_base``,
-    ``backoff_max`` (seconds) and ``permanent_errors`` (exception types that mean "dead at once";
-    ``PermanentError`` and an invalid payload always do).
+    ``backoff_max`` (seconds), ``permanent_errors`` (exception types that mean "dead at once";
+    ``PermanentError`` and an invalid payload always do) and ``batch_size``: for short jobs, how
+    many first attempts of one enqueue_many may travel in one message (see tasks.services.batches).
     """
 
     payload_schema: type[BaseModel]
+    batch_size: int = 1
     max_attempts: int | None = None
     backoff_base: float | None = None
     backoff_max: float | None = None
@@ -77,7 +80,9 @@ class LedgerTask(Task):
             self._record_failure(exc, attempt)
             raise
         try:
-            ledger.job_attempt_succeeded(job_id=request.id, number=attempt.number, result=result)
+            ledger.job_attempt_succeeded(
+                job_id=request.id, number=attempt.number, result=result, then_id=attempt.then_id
+            )
         except DatabaseError as exc:
             # The result cannot be recorded: run again once the database is back (tasks are idempotent).
             raise self._retry_through_broker(exc) from exc
@@ -104,21 +109,7 @@ class LedgerTask(Task):
         return f"beat:{periodic}" if periodic else ""
 
     def _record_failure(self, exc: Exception, attempt: ledger.Attempt) -> None:
-        error = f"{type(exc).__name__}: {exc}"
-        retry_at = None
-        if isinstance(exc, SoftTimeLimitExceeded):
-            state, error = Job.State.FAILED, "time limit exceeded (soft limit): the task was stopped"
-        elif isinstance(exc, (*ALWAYS_PERMANENT, *self.permanent_errors)):
-            state = Job.State.DEAD
-        elif attempt.last:
-            state, error = Job.State.DEAD, f"{error} (gave up after {attempt.used} attempts)"
-        else:
-            state = Job.State.RETRYING
-            retry_at = timezone.now() + ledger.backoff_delay(
-                attempt.used,
-                base=self.backoff_base if self.backoff_base is not None else settings.TASK_BACKOFF_BASE_SECONDS,
-                ceiling=self.backoff_max or settings.TASK_BACKOFF_MAX_SECONDS,
-            )
+        state, error, retry_at = self.failure_outcome(exc, attempt)
         try:
             ledger.job_attempt_failed(
                 job_id=self.request.id,
@@ -133,6 +124,23 @@ class LedgerTask(Task):
         if retry_at is not None:
             # Shown as RETRY in Flower; the relay publishes the job again at retry_at.
             raise Retry(exc=exc, when=retry_at) from exc
+
+    def failure_outcome(self, exc: BaseException, attempt: ledger.Attempt) -> tuple[str, str, datetime | None]:
+        """What a failed run means: the job's state (retrying, failed or dead), its error, and
+        when to run again (retrying only)."""
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return Job.State.FAILED, "time limit exceeded (soft limit): the task was stopped", None
+        if isinstance(exc, (*ALWAYS_PERMANENT, *self.permanent_errors)):
+            return Job.State.DEAD, error, None
+        if attempt.last:
+            return Job.State.DEAD, f"{error} (gave up after {attempt.used} attempts)", None
+        retry_at = timezone.now() + ledger.backoff_delay(
+            attempt.used,
+            base=self.backoff_base if self.backoff_base is not None else settings.TASK_BACKOFF_BASE_SECONDS,
+            ceiling=self.backoff_max or settings.TASK_BACKOFF_MAX_SECONDS,
+        )
+        return Job.State.RETRYING, error, retry_at
 
     def _retry_through_broker(self, exc: DatabaseError) -> Retry:
         """The database is unreachable, so the ledger cannot schedule the retry: the broker does."""

@@ -95,6 +95,20 @@ class Job(models.Model):
         related_name="next_steps",
         help_text="A workflow step: it waits until this job succeeds, and is cancelled if it does not.",
     )
+    then = models.ForeignKey(
+        "self",
+        verbose_name="group callback",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="group_members",
+        help_text="A group member: its success counts towards this callback, its failure cancels it.",
+    )
+    waiting_for = models.PositiveIntegerField(
+        "waiting for",
+        default=0,
+        help_text="A group's callback: how many members have yet to succeed before it is published.",
+    )
     publishing_since = models.DateTimeField(
         "publishing since",
         null=True,

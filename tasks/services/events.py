@@ -30,3 +30,18 @@ def job_event_publish(*, job_id: object, kind: str, **data: Any) -> None:
         _client().publish(job_channel(job_id), json.dumps(event))
     except redis.RedisError as exc:
         logger.warning("job %s: %s event not published (%s)", job_id, kind, exc)
+
+
+def job_events_publish(events: list[dict[str, Any]]) -> None:
+    """Several events (each ``job_id``, ``kind`` and data) in one round trip: a batch's jobs."""
+    if not events:
+        return
+    at = timezone.now().isoformat()
+    pipeline = _client().pipeline(transaction=False)
+    for event in events:
+        job_id, kind = event.pop("job_id"), event.pop("kind")
+        pipeline.publish(job_channel(job_id), json.dumps({"type": kind, "job": str(job_id), "at": at, **event}))
+    try:
+        pipeline.execute()
+    except redis.RedisError as exc:
+        logger.warning("%d job event(s) not published (%s)", len(events), exc)

@@ -27,6 +27,7 @@ from tasks.models import Job
 from tasks.models.jobs import UNPUBLISHED_STATES
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.registry import LEDGER_TASKS, PUBLIC_TASKS
+from tasks.services.batches import BATCH_TASK, batches_split
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +99,15 @@ def job_enqueue(
     origin: str = "",
     public_only: bool = False,
     after: Job | None = None,
+    waiting_for: int = 0,
 ) -> Job:
     """Validate, write the ledger row in the caller's transaction, publish after commit.
 
     Returns the job at once (``job.created`` is False when an earlier job with the same
     idempotency key is returned instead). ``public_only`` (the API) refuses the tasks only
     services may enqueue, as unknown. ``after`` makes it a workflow step that waits until that
-    job succeeds (see tasks.services.workflows). When the publish fails (Redis down) the row stays
+    job succeeds, ``waiting_for`` a group's callback that waits for that many members to succeed
+    (see tasks.services.workflows). When the publish fails (Redis down) the row stays
     ``pending`` for the relay and ``job.publish_error`` says why.
     """
     request = JobRequest(task_name, payload, queue, priority, delay, idempotency_key, max_attempts)
@@ -113,6 +116,8 @@ def job_enqueue(
         if job.state == Job.State.SCHEDULED:
             raise InvalidOption("a workflow step cannot also be delayed")
         job.after, job.state, job.publishing_since = after, Job.State.WAITING, None
+    if waiting_for:
+        job.waiting_for, job.state, job.publishing_since = waiting_for, Job.State.WAITING, None
     if idempotency_key is None:
         job.save(force_insert=True)  # in the caller's transaction, or committed at once
     else:
@@ -140,20 +145,39 @@ def job_enqueue_chain(*, steps: Sequence[JobRequest], owner=None, origin: str = 
     return jobs
 
 
+def job_enqueue_group(
+    *, requests: Sequence[JobRequest], callback: JobRequest, owner=None, origin: str = ""
+) -> tuple[list[Job], Job]:
+    """Enqueue a group with a callback: the members run as any jobs of an enqueue_many (short ones
+    many to a message); the callback waits until every member succeeded, and is cancelled when
+    one does not (retrying that member puts it back to waiting). All valid or none written."""
+    if not requests:
+        raise InvalidOption("a group needs at least one member")
+    if callback.delay or callback.idempotency_key is not None or any(r.idempotency_key is not None for r in requests):
+        raise InvalidOption("a group and its callback take neither delays on the callback nor idempotency keys")
+    with transaction.atomic():
+        then = job_enqueue(**asdict(callback), owner=owner, origin=origin, waiting_for=len(requests))
+        members = job_enqueue_many(requests=requests, owner=owner, origin=origin, then=then)
+    return members, then
+
+
 def job_enqueue_many(
-    *, requests: Sequence[JobRequest], owner=None, origin: str = "", public_only: bool = False
+    *, requests: Sequence[JobRequest], owner=None, origin: str = "", public_only: bool = False, then: Job | None = None
 ) -> list[Job]:
-    """Enqueue many jobs: all valid or none written, one bulk insert, one pipelined publish.
+    """Enqueue many jobs: all valid or none written, one bulk insert, one pipelined publish (short
+    jobs many to a message). ``then``: members of the group of that callback.
 
     Returns the jobs in the order asked, an earlier job where an idempotency key repeats one.
     """
     built = []
     for index, request in enumerate(requests):
         try:
-            built.append(_job_build(request, owner=owner, origin=origin, public_only=public_only))
+            job = _job_build(request, owner=owner, origin=origin, public_only=public_only)
         except EnqueueError as exc:
             exc.details["index"] = index
             raise
+        job.then = then
+        built.append(job)
     first_with_key: dict[tuple[str, str], Job] = {}
     for job in built:
         if job.idempotency_key is not None:
@@ -263,6 +287,10 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) ->
     return job
 
 
+def _batch_sizes() -> dict[str, int]:
+    return {name: task.batch_size for name, task in LEDGER_TASKS.items() if task.batch_size > 1}
+
+
 @cache
 def task_queue(task_name: str) -> str:
     """The queue celeryconfig's routes give a task (routes are static configuration)."""
@@ -277,29 +305,41 @@ def job_publish(*, job: Job) -> bool:
     return job_publish_many(jobs=[job])
 
 
-def job_publish_many(*, jobs: Sequence[Job]) -> bool:
+def job_publish_many(*, jobs: Sequence[Job], alone: bool = False) -> bool:
     """Send the jobs' messages in one Redis pipeline, then mark them queued and free their lease.
 
-    On a broker error nothing is marked: the leases are freed so the relay retries at once, and
-    each job's ``publish_error`` says why.
+    First attempts of a task with ``batch_size > 1`` travel many to a message (see
+    tasks.services.batches), unless ``alone``. On a broker error nothing is marked: the leases
+    are freed so the relay retries at once, and each job's ``publish_error`` says why.
     """
     from project.celery import app
 
     published_at = timezone.now()  # before sending: a fast worker may start a job at once
     ids = [job.pk for job in jobs]
+    singles, batches = (list(jobs), []) if alone else batches_split(jobs, _batch_sizes())
+    # Time limits are the worker's to apply (its settings, the task's own): without None here,
+    # Celery would stamp the publishing process's limits on each message.
+    no_limits = {"time_limit": None, "soft_time_limit": None}
     try:
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
-            for job in jobs:
+            for job in singles:
                 LEDGER_TASKS[job.task_name].apply_async(
                     kwargs=job.payload,
                     task_id=str(job.pk),
                     queue=job.queue,
                     priority=job.priority,
                     producer=producer,
-                    # Time limits are the worker's to apply (its settings, the task's own): without
-                    # these, Celery would stamp the publishing process's limits on the message.
-                    time_limit=None,
-                    soft_time_limit=None,
+                    **no_limits,
+                )
+            for batch in batches:
+                first = batch[0]
+                app.send_task(
+                    BATCH_TASK,
+                    kwargs={"task": first.task_name, "jobs": [[str(job.pk), job.payload] for job in batch]},
+                    queue=first.queue,
+                    priority=first.priority,
+                    producer=producer,
+                    **no_limits,
                 )
     except (OperationalError, BatchPublishError) as exc:
         # A batch cut off mid-flush may have delivered part of it: publishing again is at-least-once,

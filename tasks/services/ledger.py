@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from tasks.models import Job, JobAttempt
 from tasks.models.jobs import FINISHED_STATES
 from tasks.services.events import job_event_publish
-from tasks.services.workflows import workflow_step_stopped, workflow_step_succeeded
+from tasks.services.workflows import workflow_jobs_succeeded, workflow_step_stopped
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class Attempt:
     number: int
     used: int
     allowed: int
+    #: the group callback the job's success counts towards, if it is a group member
+    then_id: object = None
 
     @property
     def last(self) -> bool:
@@ -60,16 +64,7 @@ def job_begin_attempt(
             )
         if job.state in FINISHED_STATES:
             return None
-        # Attempts still "running" at a new delivery lost their worker (killed, OOM, crash).
-        JobAttempt.objects.filter(job=job, outcome=JobAttempt.Outcome.RUNNING).update(
-            outcome=JobAttempt.Outcome.LOST, finished_at=now, error="the worker was lost during the run"
-        )
-        lost = JobAttempt.objects.filter(
-            job=job, outcome=JobAttempt.Outcome.LOST, number__gt=job.attempts_before_retry
-        ).count()
-        if lost >= max_worker_losses:
-            reason = f"dead: its worker was lost {lost} times while running it (a poison job?)"
-            _finish(job, Job.State.DEAD, error=reason, at=now)
+        if job.state == Job.State.STARTED and jobs_close_lost_attempts([job], now=now, limit=max_worker_losses):
             return None
         job.attempts += 1
         job.state, job.started_at, job.worker, job.queue = Job.State.STARTED, now, worker, queue or job.queue
@@ -77,7 +72,29 @@ def job_begin_attempt(
         JobAttempt.objects.create(job=job, number=job.attempts, worker=worker, started_at=now)
     job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
     allowed = job.max_attempts or max_attempts
-    return Attempt(number=job.attempts, used=job.attempts - job.attempts_before_retry, allowed=allowed)
+    return Attempt(
+        number=job.attempts, used=job.attempts - job.attempts_before_retry, allowed=allowed, then_id=job.then_id
+    )
+
+
+def jobs_close_lost_attempts(jobs: list[Job], *, now: datetime, limit: int) -> list[Job]:
+    """Jobs delivered again while the ledger has them started lost their worker (killed, OOM,
+    crash): close their running attempts as lost. Those lost ``limit`` times are now dead (a
+    poison job); they are returned."""
+    ids = [job.pk for job in jobs]
+    JobAttempt.objects.filter(job_id__in=ids, outcome=JobAttempt.Outcome.RUNNING).update(
+        outcome=JobAttempt.Outcome.LOST, finished_at=now, error="the worker was lost during the run"
+    )
+    losses = Counter(
+        JobAttempt.objects.filter(
+            job_id__in=ids, outcome=JobAttempt.Outcome.LOST, number__gt=F("job__attempts_before_retry")
+        ).values_list("job_id", flat=True)
+    )
+    dead = [job for job in jobs if losses[job.pk] >= limit]
+    for job in dead:
+        reason = f"dead: its worker was lost {losses[job.pk]} times while running it (a poison job?)"
+        _finish(job, Job.State.DEAD, error=reason, at=now)
+    return dead
 
 
 def job_report_progress(*, job_id: str, percent: int, message: str = "") -> None:
@@ -87,7 +104,7 @@ def job_report_progress(*, job_id: str, percent: int, message: str = "") -> None
     job_event_publish(job_id=job_id, kind="progress", progress=percent, message=message)
 
 
-def job_attempt_succeeded(*, job_id: str, number: int, result: Any) -> None:
+def job_attempt_succeeded(*, job_id: str, number: int, result: Any, then_id: object = None) -> None:
     now = timezone.now()
     with transaction.atomic():
         _close_attempt(job_id, number, JobAttempt.Outcome.SUCCEEDED, at=now)
@@ -95,7 +112,7 @@ def job_attempt_succeeded(*, job_id: str, number: int, result: Any) -> None:
         if Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(
             state=Job.State.SUCCEEDED, result=result, progress=100, error="", traceback="", finished_at=now
         ):
-            workflow_step_succeeded(job_id=job_id)
+            workflow_jobs_succeeded(job_ids=[job_id], callbacks=Counter([then_id]) if then_id else None)
     job_event_publish(job_id=job_id, kind="state", state=Job.State.SUCCEEDED, result=result)
 
 

@@ -1,14 +1,18 @@
-"""Workflows: jobs that run one after another, each step only once the one before it succeeded.
+"""Workflows: chains (each step once the one before it succeeded) and groups with a callback
+(the callback once every member succeeded).
 
-A workflow's jobs are all written when it is enqueued (so their ids are known at once): the
-first as any job, each later one ``waiting`` with ``after`` set to the step before. The ledger
-calls these functions in the transaction that finishes a job:
+A workflow's jobs are all written when it is enqueued (so their ids are known at once). A chain's
+first step is any job, each later one ``waiting`` with ``after`` set to the step before. A group's
+members are any jobs with ``then`` set to the callback, which is ``waiting`` with ``waiting_for``
+counting the members yet to succeed. The ledger calls these functions in the transaction that
+finishes jobs:
 
-- succeeded: its next steps become pending and are published after commit (and, should that
-  publish be lost, by the relay like any pending job);
-- failed, dead or cancelled: the steps after it are cancelled, each recorded as a
-  ``step_cancelled`` action; a retry of the job that stopped the workflow puts them back to
-  waiting, so the workflow resumes where it stopped.
+- succeeded: the steps after them become pending, each callback counts them down and becomes
+  pending at zero; all are published after commit (and, should that publish be lost, by the relay
+  like any pending job);
+- failed, dead or cancelled: the steps after it (and its group's callback) are cancelled, each
+  recorded as a ``step_cancelled`` action; a retry of the job that stopped the workflow puts them
+  back to waiting, so the workflow resumes where it stopped.
 
 ``job_finished`` is sent in the same transaction for every job that ends without succeeding,
 so a domain (orders) can follow its workflows.
@@ -16,9 +20,12 @@ so a domain (orders) can follow its workflows.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Collection
 from functools import partial
 
 from django.db import transaction
+from django.db.models import F, Q
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -29,12 +36,17 @@ from tasks.services.events import job_event_publish
 job_finished = Signal()
 
 
-def workflow_step_succeeded(*, job_id) -> None:
-    """Release the steps waiting for ``job_id``; they are published after commit."""
+def workflow_jobs_succeeded(*, job_ids: Collection, callbacks: Counter | None = None) -> None:
+    """Release the steps waiting for ``job_ids``, and count those that are group members down on
+    their callbacks (``callbacks``: callback id -> members of it among ``job_ids``)."""
     from tasks.services.jobs import job_publish_many  # jobs -> registry -> ledger -> here
 
-    waiting = Job.objects.select_for_update().filter(after_id=job_id, state=Job.State.WAITING)
-    released = list(waiting)
+    released = list(Job.objects.select_for_update().filter(after_id__in=job_ids, state=Job.State.WAITING))
+    if callbacks:
+        for callback_id, members in callbacks.items():
+            Job.objects.filter(pk=callback_id).update(waiting_for=F("waiting_for") - members)
+        ready = Job.objects.select_for_update().filter(pk__in=callbacks, state=Job.State.WAITING, waiting_for=0)
+        released += list(ready)
     if not released:
         return
     now = timezone.now()
@@ -51,7 +63,8 @@ def workflow_step_stopped(*, job_id, state: str, error: str) -> None:
     cancelled: list = []
     frontier = [job_id]
     while frontier:
-        steps = list(Job.objects.select_for_update().filter(after_id__in=frontier, state=Job.State.WAITING))
+        following = Q(after_id__in=frontier) | Q(pk__in=_callbacks_of(frontier))
+        steps = list(Job.objects.select_for_update().filter(following, state=Job.State.WAITING))
         JobAction.objects.bulk_create(
             JobAction(job=step, kind=JobAction.Kind.STEP_CANCELLED, via="workflow", from_state=step.state)
             for step in steps
@@ -71,11 +84,25 @@ def workflow_steps_rearm(*, job_id) -> None:
     """A retried job: the steps its failure cancelled wait for it again."""
     frontier = [job_id]
     while frontier:
-        steps = Job.objects.select_for_update().filter(after_id__in=frontier, state=Job.State.CANCELLED)
-        # Only those the workflow cancelled: a step someone cancelled by hand stays cancelled.
-        rearmed = [step.pk for step in steps if _last_action(step) == JobAction.Kind.STEP_CANCELLED]
+        following = Q(after_id__in=frontier) | Q(pk__in=_callbacks_of(frontier))
+        steps = Job.objects.select_for_update().filter(following, state=Job.State.CANCELLED)
+        # Only those the workflow cancelled (a step someone cancelled by hand stays cancelled), and a
+        # callback only once none of its members is stopped any more.
+        rearmed = [
+            step.pk
+            for step in steps
+            if _last_action(step) == JobAction.Kind.STEP_CANCELLED and not _has_stopped_members(step)
+        ]
         Job.objects.filter(pk__in=rearmed).update(state=Job.State.WAITING, error="", finished_at=None)
         frontier = rearmed
+
+
+def _callbacks_of(job_ids: list) -> list:
+    return list(Job.objects.filter(pk__in=job_ids, then__isnull=False).values_list("then_id", flat=True))
+
+
+def _has_stopped_members(job: Job) -> bool:
+    return Job.objects.filter(then=job, state__in=[Job.State.FAILED, Job.State.DEAD, Job.State.CANCELLED]).exists()
 
 
 def _last_action(job: Job) -> str | None:

@@ -51,6 +51,23 @@ def ops_ping(task: LedgerTask, payload: PingPayload) -> dict:
     return {"worker": task.request.hostname, "queue": queue, "held_seconds": payload.hold_seconds}
 
 
+class NoopPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    io_ms: float = Field(0, ge=0, le=1000, description="Wait this many milliseconds, as a short I/O call would.")
+
+
+#: ops.noop and ops.fail are short by design: an enqueue_many of them travels 100 to a message
+SHORT_TASK_BATCH_SIZE = 100
+
+
+@public_task(name="ops.noop", payload=NoopPayload, batch_size=SHORT_TASK_BATCH_SIZE)
+def ops_noop(task: LedgerTask, payload: NoopPayload) -> None:
+    """Do nothing (or wait ``io_ms``): what the platform itself costs per job, for benchmarks and checks."""
+    if payload.io_ms:
+        time.sleep(payload.io_ms / 1000)
+
+
 def _hold(task: LedgerTask, seconds: float) -> None:
     """Sleep ``seconds`` in even steps, reporting progress after each, so a watcher sees a live bar."""
     steps = max(1, min(PROGRESS_MAX_REPORTS, math.ceil(seconds / PROGRESS_INTERVAL_SECONDS)))
@@ -84,7 +101,7 @@ class TransientOpsError(Exception):
     """What ops.fail raises in transient mode: retried like any unexpected error."""
 
 
-@public_task(name="ops.fail", payload=FailPayload)
+@public_task(name="ops.fail", payload=FailPayload, batch_size=SHORT_TASK_BATCH_SIZE)
 def ops_fail(task: LedgerTask, payload: FailPayload) -> dict:
     """Fail on purpose, to exercise retries, dead letters, alerts and manual retry in a live deployment."""
     attempt = task.request.attempt
