@@ -80,9 +80,7 @@ class LedgerTask(Task):
             self._record_failure(exc, attempt)
             raise
         try:
-            ledger.job_attempt_succeeded(
-                job_id=request.id, number=attempt.number, result=result, then_id=attempt.then_id
-            )
+            ledger.job_attempt_succeeded(job_id=request.id, attempt=attempt, result=result)
         except DatabaseError as exc:
             # The result cannot be recorded: run again once the database is back (tasks are idempotent).
             raise self._retry_through_broker(exc) from exc

@@ -1,7 +1,9 @@
-"""Worker signal handlers: a message the worker refuses marks its ledger row dead.
+"""Worker signal handlers: database connections kept across tasks, and a message the worker
+refuses marks its ledger row dead.
 
-They run in the worker's main process (the consumer), where Celery rejects or acknowledges such a
-message without running it; without this the job would sit ``queued`` in the ledger forever.
+The refusal handlers run in the worker's main process (the consumer), where Celery rejects or
+acknowledges such a message without running it; without them the job would sit ``queued`` in the
+ledger forever.
 
 A body the worker cannot decode has no signal: ``tasks.worker.LedgerConsumer`` calls ``mark_dead``.
 """
@@ -11,12 +13,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import task_rejected, task_unknown
+from celery.signals import task_postrun, task_prerun, task_rejected, task_unknown
 from django.db import DatabaseError, close_old_connections
 
 from tasks.services import ledger
 
 logger = logging.getLogger(__name__)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def reuse_database_connection(**_: Any) -> None:
+    """Keep the connection across tasks unless it is broken or past CONN_MAX_AGE (see celeryconfig)."""
+    close_old_connections()
 
 
 @task_unknown.connect

@@ -33,7 +33,7 @@ from tasks.models import Job, JobAttempt
 from tasks.models.jobs import FINISHED_STATES
 from tasks.services.events import job_events_publish
 from tasks.services.ledger import Attempt, jobs_close_lost_attempts
-from tasks.services.workflows import workflow_jobs_succeeded
+from tasks.services.workflows import with_next_steps, workflow_jobs_succeeded
 
 #: the Celery task that carries a batch: kwargs {"task": name, "jobs": [[job id, payload], ...]}
 BATCH_TASK = "jobs.run_batch"
@@ -70,7 +70,7 @@ def batch_claim(
     now = timezone.now()
     ids = [job_id for job_id, _ in jobs]
     with transaction.atomic():
-        rows = list(Job.objects.select_for_update().filter(pk__in=ids))
+        rows = list(with_next_steps(Job.objects.select_for_update().filter(pk__in=ids)))
         lost = [job for job in rows if job.state == Job.State.STARTED]
         if lost:
             jobs_close_lost_attempts(lost, now=now, limit=max_worker_losses)
@@ -92,6 +92,7 @@ def batch_claim(
             used=job.attempts + 1 - job.attempts_before_retry,
             allowed=job.max_attempts or max_attempts,
             then_id=job.then_id,
+            has_next=job.has_next,
         )
         for job in runnable
     }
@@ -120,7 +121,9 @@ def batch_succeeded(*, results: dict[str, Any], attempts: dict[str, Attempt]) ->
             finished = Job.objects.filter(pk__in=ids, state=Job.State.SUCCEEDED, finished_at=now)
             succeeded = [str(pk) for pk in finished.values_list("pk", flat=True)]
         callbacks = Counter(attempts[job_id].then_id for job_id in succeeded if attempts[job_id].then_id)
-        workflow_jobs_succeeded(job_ids=succeeded, callbacks=callbacks)
+        followed = [job_id for job_id in succeeded if attempts[job_id].has_next]
+        if followed or callbacks:
+            workflow_jobs_succeeded(job_ids=followed, callbacks=callbacks)
     job_events_publish(
         [
             {"job_id": job_id, "kind": "state", "state": Job.State.SUCCEEDED, "result": results[job_id]}

@@ -16,7 +16,7 @@ from django.utils import timezone
 from tasks.models import Job, JobAttempt
 from tasks.models.jobs import FINISHED_STATES
 from tasks.services.events import job_event_publish
-from tasks.services.workflows import workflow_jobs_succeeded, workflow_step_stopped
+from tasks.services.workflows import with_next_steps, workflow_jobs_succeeded, workflow_step_stopped
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Attempt:
     allowed: int
     #: the group callback the job's success counts towards, if it is a group member
     then_id: object = None
+    #: whether workflow steps wait for this job (else its success need not look for them)
+    has_next: bool = False
 
     @property
     def last(self) -> bool:
@@ -55,13 +57,14 @@ def job_begin_attempt(
     dead now because its workers kept dying); otherwise the job is started and the attempt recorded."""
     now = timezone.now()
     with transaction.atomic():
-        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        job = with_next_steps(Job.objects.select_for_update().filter(pk=job_id)).first()
         if job is None:
             # A message that did not come through enqueue (beat, another producer) gets its row
             # here, so the ledger knows every job that ran.
             job = Job.objects.create(
                 id=job_id, task_name=task_name, queue=queue, payload=payload, origin=origin, queued_at=now
             )
+            job.has_next = False
         if job.state in FINISHED_STATES:
             return None
         if job.state == Job.State.STARTED and jobs_close_lost_attempts([job], now=now, limit=max_worker_losses):
@@ -73,7 +76,11 @@ def job_begin_attempt(
     job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
     allowed = job.max_attempts or max_attempts
     return Attempt(
-        number=job.attempts, used=job.attempts - job.attempts_before_retry, allowed=allowed, then_id=job.then_id
+        number=job.attempts,
+        used=job.attempts - job.attempts_before_retry,
+        allowed=allowed,
+        then_id=job.then_id,
+        has_next=job.has_next,
     )
 
 
@@ -104,15 +111,19 @@ def job_report_progress(*, job_id: str, percent: int, message: str = "") -> None
     job_event_publish(job_id=job_id, kind="progress", progress=percent, message=message)
 
 
-def job_attempt_succeeded(*, job_id: str, number: int, result: Any, then_id: object = None) -> None:
+def job_attempt_succeeded(*, job_id: str, attempt: Attempt, result: Any) -> None:
     now = timezone.now()
     with transaction.atomic():
-        _close_attempt(job_id, number, JobAttempt.Outcome.SUCCEEDED, at=now)
+        _close_attempt(job_id, attempt.number, JobAttempt.Outcome.SUCCEEDED, at=now)
         # Only a started job: a job cancelled while it ran stays cancelled.
-        if Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(
+        updated = Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(
             state=Job.State.SUCCEEDED, result=result, progress=100, error="", traceback="", finished_at=now
-        ):
-            workflow_jobs_succeeded(job_ids=[job_id], callbacks=Counter([then_id]) if then_id else None)
+        )
+        if updated and (attempt.has_next or attempt.then_id):
+            workflow_jobs_succeeded(
+                job_ids=[job_id] if attempt.has_next else [],
+                callbacks=Counter([attempt.then_id]) if attempt.then_id else None,
+            )
     job_event_publish(job_id=job_id, kind="state", state=Job.State.SUCCEEDED, result=result)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Collection
 from functools import partial
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -36,12 +36,19 @@ from tasks.services.events import job_event_publish
 job_finished = Signal()
 
 
+def with_next_steps(jobs: QuerySet) -> QuerySet:
+    """Annotate ``has_next``: whether steps wait for the job, so its success need not look otherwise."""
+    return jobs.annotate(has_next=Exists(Job.objects.filter(after_id=OuterRef("pk"), state=Job.State.WAITING)))
+
+
 def workflow_jobs_succeeded(*, job_ids: Collection, callbacks: Counter | None = None) -> None:
     """Release the steps waiting for ``job_ids``, and count those that are group members down on
     their callbacks (``callbacks``: callback id -> members of it among ``job_ids``)."""
     from tasks.services.jobs import job_publish_many  # jobs -> registry -> ledger -> here
 
-    released = list(Job.objects.select_for_update().filter(after_id__in=job_ids, state=Job.State.WAITING))
+    released = []
+    if job_ids:
+        released += Job.objects.select_for_update().filter(after_id__in=job_ids, state=Job.State.WAITING)
     if callbacks:
         for callback_id, members in callbacks.items():
             Job.objects.filter(pk=callback_id).update(waiting_for=F("waiting_for") - members)
