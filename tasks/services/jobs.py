@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from functools import cache, partial
@@ -287,6 +288,11 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) ->
     return job
 
 
+def _pipelined(producer, messages: int) -> AbstractContextManager:
+    """Several messages go out in one Redis pipeline; a single one is sent as it is published."""
+    return producer.batch(max_size=PUBLISH_BATCH_SIZE) if messages > 1 else nullcontext()
+
+
 def _batch_sizes() -> dict[str, int]:
     return {name: task.batch_size for name, task in LEDGER_TASKS.items() if task.batch_size > 1}
 
@@ -321,7 +327,7 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False) -> bool:
     # Celery would stamp the publishing process's limits on each message.
     no_limits = {"time_limit": None, "soft_time_limit": None}
     try:
-        with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH_SIZE):
+        with app.producer_or_acquire() as producer, _pipelined(producer, len(singles) + len(batches)):
             for job in singles:
                 LEDGER_TASKS[job.task_name].apply_async(
                     kwargs=job.payload,
