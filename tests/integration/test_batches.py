@@ -156,3 +156,27 @@ def test_a_member_that_does_not_succeed_cancels_the_callback_until_it_is_retried
 
     assert wait_for_job(members[2].pk, Job.State.SUCCEEDED).attempts == 2
     assert wait_for_job(callback.pk, Job.State.SUCCEEDED).attempts == 1
+
+
+def test_a_batched_job_costs_a_fraction_of_a_statement_over_its_whole_life(start_worker, broker):
+    """Enqueue in this process (counted here), run and finish in the worker (counted by the
+    worker's statement counter in Redis): a whole life of a batched no-op job."""
+    from django.conf import settings
+    from django.db import connection
+
+    from project.statement_counter import COUNTER_KEY
+
+    enqueued: list[str] = []
+
+    def count(execute, sql, params, many, context):
+        enqueued.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(count):
+        jobs = job_enqueue_many(requests=noops(1000))
+    start_worker(QUEUE, name="counted", env={"DB_STATEMENT_COUNTER_URL": settings.REDIS_URL})
+    wait_all(jobs, Job.State.SUCCEEDED)
+
+    statements = len(enqueued) + int(broker.get(COUNTER_KEY) or 0)
+    print(f"{statements} statements for 1000 jobs ({len(enqueued)} to enqueue)")
+    assert statements / len(jobs) <= 0.2  # about 7 a message of 100 jobs, and the bulk insert
