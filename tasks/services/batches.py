@@ -70,7 +70,8 @@ def batch_claim(
     now = timezone.now()
     ids = [job_id for job_id, _ in jobs]
     with transaction.atomic():
-        rows = list(with_next_steps(Job.objects.select_for_update().filter(pk__in=ids)))
+        # Locked in id order, as the publisher marking them queued locks them (no deadlock).
+        rows = list(with_next_steps(Job.objects.select_for_update().filter(pk__in=ids).order_by("pk")))
         lost = [job for job in rows if job.state == Job.State.STARTED]
         if lost:
             jobs_close_lost_attempts(lost, now=now, limit=max_worker_losses)

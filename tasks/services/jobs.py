@@ -355,14 +355,26 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False) -> bool:
         for job in jobs:
             job.publish_error = str(exc)
         return False
-    queued = Job.objects.filter(pk__in=ids, state__in=UNPUBLISHED_STATES)
-    if queued.update(state=Job.State.QUEUED, queued_at=published_at, publishing_since=None) < len(ids):
-        # Some were already started by a fast worker: keep their state, record when they were sent.
-        Job.objects.filter(pk__in=ids, publishing_since__isnull=False).update(
-            publishing_since=None, queued_at=Coalesce(F("queued_at"), Value(published_at))
-        )
+    _mark_published(ids, published_at)
     for job in jobs:
         job.publish_error = ""
         if job.state in UNPUBLISHED_STATES:
             job.state, job.queued_at = Job.State.QUEUED, published_at
     return True
+
+
+def _mark_published(ids: list, published_at) -> None:
+    """Mark published jobs queued and free their lease. Several rows are locked first, in id order
+    as a worker claiming a batch of them locks them, so the two never deadlock (one row needs
+    neither the lock nor a transaction)."""
+    with transaction.atomic() if len(ids) > 1 else nullcontext():
+        unpublished = ids
+        if len(ids) > 1:
+            locked = Job.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", "state")
+            unpublished = [pk for pk, state in locked if state in UNPUBLISHED_STATES]
+        queued = Job.objects.filter(pk__in=unpublished, state__in=UNPUBLISHED_STATES)
+        if queued.update(state=Job.State.QUEUED, queued_at=published_at, publishing_since=None) < len(ids):
+            # Some were already started by a fast worker: keep their state, record when they were sent.
+            Job.objects.filter(pk__in=ids, publishing_since__isnull=False).update(
+                publishing_since=None, queued_at=Coalesce(F("queued_at"), Value(published_at))
+            )
