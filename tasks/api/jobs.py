@@ -168,8 +168,9 @@ def job_create(request: HttpRequest, body: JobIn):
     """Enqueue a job and answer at once with its id (202); a repeated idempotency key answers 200
     with the first job, or 409 when another owner holds the key. 503 when Redis is down: the job is
     kept pending and published by the relay."""
-    with transaction.atomic():
-        job = job_enqueue(**asdict(body.enqueue_request()), owner=request.user, origin="api", public_only=True)
+    # No transaction around it: the insert commits on its own and the publish follows at once,
+    # two round trips (BEGIN, COMMIT) fewer than wrapping one statement in a transaction.
+    job = job_enqueue(**asdict(body.enqueue_request()), owner=request.user, origin="api", public_only=True)
     if _held_by_someone_else(job, request.user):
         raise IdempotencyKeyInUse()
     if not job.created:

@@ -40,7 +40,7 @@ class Job(models.Model):
         editable=False,
         help_text="Also the Celery task id, so a message and its ledger row are one job.",
     )
-    task_name = models.CharField("task", max_length=200, db_index=True)
+    task_name = models.CharField("task", max_length=200)
     queue = models.CharField("queue", max_length=32, choices=QueueName.choices)
     priority = models.PositiveSmallIntegerField(
         "priority",
@@ -77,6 +77,7 @@ class Job(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="jobs",
+        db_index=False,  # job_owner_created serves owner lookups
     )
     idempotency_key = models.CharField(  # noqa: DJ001 - NULL (no key) stays out of the unique constraint
         "idempotency key",
@@ -93,6 +94,7 @@ class Job(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="next_steps",
+        db_index=False,  # job_after: workflow steps only
         help_text="A workflow step: it waits until this job succeeds, and is cancelled if it does not.",
     )
     then = models.ForeignKey(
@@ -102,6 +104,7 @@ class Job(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="group_members",
+        db_index=False,  # job_then: group members only
         help_text="A group member: its success counts towards this callback, its failure cancels it.",
     )
     waiting_for = models.PositiveIntegerField(
@@ -132,6 +135,11 @@ class Job(models.Model):
             models.Index(fields=["state", "-created_at"], name="job_state_created"),
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
             models.Index(fields=["queue", "state"], name="job_queue_state"),
+            models.Index(fields=["task_name", "-created_at"], name="job_task_created"),
+            # Every state change rewrites each index a row is in: those of workflow links hold only
+            # the rows that have one, so a plain job pays nothing for them.
+            models.Index(fields=["after"], name="job_after", condition=models.Q(after__isnull=False)),
+            models.Index(fields=["then"], name="job_then", condition=models.Q(then__isnull=False)),
             # A schedule's runs (origin beat:<name>), newest first, for its admin pages.
             models.Index(fields=["origin", "-created_at"], name="job_origin_created"),
             # What the relay scans every second: small, since published jobs leave it.
@@ -174,7 +182,13 @@ class JobAttempt(models.Model):
         FAILED = "failed", "Failed"
         LOST = "lost", "Worker lost"
 
-    job = models.ForeignKey(Job, verbose_name="job", on_delete=models.CASCADE, related_name="attempt_history")
+    job = models.ForeignKey(
+        Job,
+        verbose_name="job",
+        on_delete=models.CASCADE,
+        related_name="attempt_history",
+        db_index=False,  # the (job, number) unique constraint serves job lookups
+    )
     number = models.PositiveIntegerField("attempt")
     worker = models.CharField("worker", max_length=255, blank=True)
     started_at = models.DateTimeField("started at")

@@ -39,6 +39,8 @@ from tasks.services.workflows import with_next_steps, workflow_jobs_succeeded
 BATCH_TASK = "jobs.run_batch"
 #: successes wait at most this long in a running batch before they are written
 FLUSH_SECONDS = 1.0
+#: what a claim reads of each job (not whole rows: a claim is most of a batch's own cost)
+CLAIM_FIELDS = ("pk", "state", "attempts", "attempts_before_retry", "max_attempts", "then_id", "has_next")
 
 
 def batches_split(jobs: Sequence[Job], batch_sizes: dict[str, int]) -> tuple[list[Job], list[list[Job]]]:
@@ -71,31 +73,33 @@ def batch_claim(
     ids = [job_id for job_id, _ in jobs]
     with transaction.atomic():
         # Locked in id order, as the publisher marking them queued locks them (no deadlock).
-        rows = list(with_next_steps(Job.objects.select_for_update().filter(pk__in=ids).order_by("pk")))
-        lost = [job for job in rows if job.state == Job.State.STARTED]
-        if lost:
+        locked = with_next_steps(Job.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
+        rows = list(locked.values_list(*CLAIM_FIELDS, named=True))
+        if any(row.state == Job.State.STARTED for row in rows):
+            jobs = list(Job.objects.filter(pk__in=ids))  # the rare path: whole rows, already locked
+            lost = [job for job in jobs if job.state == Job.State.STARTED]
             jobs_close_lost_attempts(lost, now=now, limit=max_worker_losses)
-            _publish_alone([job for job in rows if job.state not in FINISHED_STATES], now=now)
+            _publish_alone([job for job in jobs if job.state not in FINISHED_STATES], now=now)
             return {}
-        runnable = [job for job in rows if job.state not in FINISHED_STATES]
-        Job.objects.filter(pk__in=[job.pk for job in runnable]).update(
+        runnable = [row for row in rows if row.state not in FINISHED_STATES]
+        Job.objects.filter(pk__in=[row.pk for row in runnable]).update(
             state=Job.State.STARTED, attempts=F("attempts") + 1, started_at=now, worker=worker, queue=queue
         )
         JobAttempt.objects.bulk_create(
-            JobAttempt(job_id=job.pk, number=job.attempts + 1, worker=worker, started_at=now) for job in runnable
+            JobAttempt(job_id=row.pk, number=row.attempts + 1, worker=worker, started_at=now) for row in runnable
         )
     job_events_publish(
-        [{"job_id": job.pk, "kind": "state", "state": Job.State.STARTED, "worker": worker} for job in runnable]
+        [{"job_id": row.pk, "kind": "state", "state": Job.State.STARTED, "worker": worker} for row in runnable]
     )
     return {
-        str(job.pk): Attempt(
-            number=job.attempts + 1,
-            used=job.attempts + 1 - job.attempts_before_retry,
-            allowed=job.max_attempts or max_attempts,
-            then_id=job.then_id,
-            has_next=job.has_next,
+        str(row.pk): Attempt(
+            number=row.attempts + 1,
+            used=row.attempts + 1 - row.attempts_before_retry,
+            allowed=row.max_attempts or max_attempts,
+            then_id=row.then_id,
+            has_next=row.has_next,
         )
-        for job in runnable
+        for row in runnable
     }
 
 
