@@ -34,12 +34,12 @@ chromium:
 		echo "    sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium"; \
 	fi
 
-## bench: priorities (a critical job behind a bulk backlog), enqueue throughput and latency against
-## raw Celery, and a report's worker memory over 10k vs 100k orders;
-## BENCH_DATABASE_URL=postgres://... benchmarks on PostgreSQL
+## bench: the suite of issue #8 against raw Celery (drain, enqueue, groups, memory, latency, costs),
+## a median of BENCH_RUNS runs each, into bench/results/ (latest.md, latest.json, plots); then a
+## report's worker memory over 10k vs 100k orders. BENCH_DATABASE_URL / BENCH_REDIS_URL: see bench/environment.py
+BENCH_RUNS ?= 3
 bench: $(INSTALLED)
-	$(PY) -m bench.priority
-	$(PY) -m bench.enqueue
+	$(PY) -m bench --runs $(BENCH_RUNS) $(BENCH_ARGS)
 	$(PY) -m bench.report_memory
 
 ## fuzz: the schemathesis run against the API and the payload property tests, far longer than in

@@ -2,10 +2,10 @@
 
     python -m bench.report_memory [--sizes 10000,100000] [--days 366]
 
-Real processes only: Redis, the Procfile's worker-bulk command, and the real ``report_request``
-service. For each size the bench fills the database up to that many confirmed orders (one or two
-items each, spread evenly over the range), starts a fresh bulk worker (one prefork child), and
-runs two reports in that child:
+Real processes only: Redis, a Celery worker in the Procfile's worker-bulk topology, and the real
+``report_request`` service. For each size the bench fills the database up to that many confirmed
+orders (one or two items each, spread evenly over the range), starts a fresh bulk worker (one
+prefork child), and runs two reports in that child:
 
 1. a warm-up report over a range without orders: the same imports, the same 366-row PDF, so its
    peak is the child's baseline;
@@ -16,8 +16,9 @@ task returns in its result), so no short peak between two samples is missed; a s
 reads the child's RSS with psutil every 20 ms as a cross-check. Growth = peak - baseline. Time
 is the ledger's ``finished_at - started_at`` and the bench's own clock from the request to success.
 
-Environment: BENCH_DATABASE_URL (default: a fresh SQLite file under var/bench/) and
-BENCH_REDIS_URL (default: redis://127.0.0.1:6379/14 when it answers, else a bundled Redis).
+Database and Redis as ``python -m bench`` chooses them (see bench/environment.py); figures go to
+var/bench/report_memory.json. A separate script from the suite: it measures a report, not the
+job machinery.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -35,18 +35,11 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from bench.support import (
-    OUT_DIR,
-    empty_broker,
-    prepare_environment,
-    redacted,
-    refuse_foreign_workers,
-    start_procfile_process,
-    wait_for_workers,
-)
-from tests.support.processes import BASE_DIR, ManagedProcess, wait_until
+from bench.environment import bench_environment
+from bench.processes import BULK_TOPOLOGY, OURS, Workers
+from tests.support.processes import BASE_DIR, wait_until
 
-SQLITE_NAME = "report_memory.sqlite3"
+OUT_DIR = BASE_DIR / "var" / "bench"
 SEED_CHUNK = 5000
 #: the range of the reports: a leap year, the longest range a report may cover
 YEAR_FROM = date(2024, 1, 1)
@@ -130,13 +123,13 @@ class RssSampler:
             time.sleep(self.interval)
 
 
-def run_report(owner, date_from: date, days: int, worker: ManagedProcess) -> dict[str, Any]:
+def run_report(owner, date_from: date, days: int, worker_pid: int) -> dict[str, Any]:
     from tasks.models import Job
     from tasks.models.jobs import FINISHED_STATES
     from tasks.services.reports import report_request
 
     before = time.monotonic()
-    with RssSampler(worker.pid) as sampler:
+    with RssSampler(worker_pid) as sampler:
         report = report_request(
             owner=owner, date_from=date_from, date_to=date_from + timedelta(days=days - 1), origin="bench"
         )
@@ -161,14 +154,11 @@ def run_report(owner, date_from: date, days: int, worker: ManagedProcess) -> dic
 
 
 def measure(size: int, owner, days: int) -> dict[str, Any]:
-    host = socket.gethostname()
-    worker = start_procfile_process("worker-bulk", WORKER_BULK_CONCURRENCY="1")
-    try:
-        wait_for_workers([f"bulk@{host}"])
-        warmup = run_report(owner, EMPTY_FROM, days, worker)
-        loaded = run_report(owner, YEAR_FROM, days, worker)
-    finally:
-        worker.stop()
+    log_dir = OUT_DIR / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with Workers(OURS, BULK_TOPOLOGY, queues=["bulk"], log_dir=log_dir) as workers:
+        warmup = run_report(owner, EMPTY_FROM, days, workers.processes[0].pid)
+        loaded = run_report(owner, YEAR_FROM, days, workers.processes[0].pid)
     if warmup["pid"] != loaded["pid"]:
         raise SystemExit("the two reports ran in different worker children: the baseline does not apply")
     if loaded["orders"] != size:
@@ -212,27 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     if sizes != sorted(sizes) or sizes[0] < 1 or not 1 <= args.days <= 366:
         parser.error("--sizes must be ascending and positive, --days 1 to 366")
 
-    started: list[ManagedProcess] = []
-    emptied = False
-    bundled = prepare_environment(SQLITE_NAME)
-    if bundled:
-        started.append(bundled.process)
     os.environ["MEDIA_ROOT"] = str(OUT_DIR / "media")  # the worker writes the PDFs here
-    try:
-        import django
-
-        django.setup()
+    with bench_environment(OUT_DIR / "report_memory.sqlite3") as environment:
         from django.contrib.auth import get_user_model
-        from django.core.management import call_command
-        from django.db import connection
 
         from tasks.models import Order, Product
 
-        call_command("migrate", interactive=False, verbosity=0)
-        refuse_foreign_workers()
-        empty_broker(os.environ["REDIS_URL"])
-        emptied = True
-        print(f"redis {redacted(os.environ['REDIS_URL'])}, database {redacted(os.environ['DATABASE_URL'])}")
+        print(f"redis {environment.redis}, database {environment.database} ({environment.database_url})")
 
         owner, _ = get_user_model().objects.get_or_create(username="bench-reports")
         # A fresh SQLite file each run; on PostgreSQL, the orders of an earlier run go first.
@@ -255,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"seeded {size - seeded:,} orders ({size:,} in all) in {time.monotonic() - t0:.1f}s")
             seeded = size
-            print(f"report over {size:,} orders on a fresh worker-bulk:")
+            print(f"report over {size:,} orders on a fresh bulk worker ({BULK_TOPOLOGY.label}):")
             results.append(measure(size, owner, args.days))
 
         print()
@@ -263,18 +239,13 @@ def main(argv: list[str] | None = None) -> None:
         report = {
             "at": datetime.now().astimezone().isoformat(timespec="seconds"),
             "cpus": os.cpu_count(),
-            "database": connection.vendor,
+            "database": environment.database,
             "days": args.days,
             "results": results,
         }
         OUT_DIR.mkdir(parents=True, exist_ok=True)
         (OUT_DIR / "report_memory.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"figures written to {(OUT_DIR / 'report_memory.json').relative_to(BASE_DIR)}")
-    finally:
-        for process in reversed(started):
-            process.stop()
-        if emptied and not bundled:
-            empty_broker(os.environ["REDIS_URL"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,80 @@
+"""What every scenario gets: the sizes to measure at, where logs go, the bench user, and a reset
+between measurements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.environment import empty_broker, ledger_clear
+from bench.processes import api_token
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many jobs, samples and seconds each scenario measures."""
+
+    drain_batched: int = 10_000
+    drain_single: int = 1_000
+    drain_io: int = 5_000
+    io_ms: float = 2
+    enqueue_single: int = 2_000
+    enqueue_block: int = 250
+    enqueue_many: int = 10_000
+    enqueue_many_call: int = 1_000
+    api_batches: int = 10
+    group_members: int = 10_000
+    memory_small: int = 1_000
+    memory_large: int = 100_000
+    latency_samples: int = 50
+    api_rate: float = 100
+    api_seconds: float = 20
+    backlog: int = 10_000
+    critical_samples: int = 40
+    cost_jobs: int = 1_000
+
+
+#: `--smoke`: every scenario once, at sizes that only show it works
+SMOKE = Sizes(
+    drain_batched=400,
+    drain_single=100,
+    drain_io=400,
+    enqueue_single=40,
+    enqueue_block=20,
+    enqueue_many=400,
+    enqueue_many_call=200,
+    api_batches=2,
+    group_members=200,
+    memory_small=100,
+    memory_large=400,
+    latency_samples=5,
+    api_rate=50,
+    api_seconds=1,
+    backlog=200,
+    critical_samples=5,
+    cost_jobs=200,
+)
+
+
+@dataclass
+class Bench:
+    sizes: Sizes
+    log_dir: Path
+    #: a Redis of its own where the platform's processes count their SQL statements
+    counter_url: str
+    #: the user the bench's jobs belong to (the API's bearer token is this user's)
+    owner: Any
+    smoke: bool = False
+    _token: str | None = None
+
+    def api_token(self) -> str:
+        """A bearer token of the bench user, made once by the create_api_token command."""
+        if self._token is None:
+            self._token = api_token(self.owner.username)
+        return self._token
+
+    def reset(self) -> None:
+        """Nothing waiting in Redis, nothing in the ledger: the next measurement starts clean."""
+        empty_broker()
+        ledger_clear()
