@@ -20,7 +20,7 @@ def test_critical_job_starts_promptly_behind_a_bulk_backlog(start_worker, wait_f
     urgent = job_enqueue(task_name="ops.ping", queue=QueueName.CRITICAL)
     done = wait_for_job(urgent.id, Job.State.SUCCEEDED)
 
-    # Generous bound for a loaded CI machine; the real figure is in bench/priority.py.
+    # Generous bound for a loaded CI machine; the real figure is in bench/scenarios/latency.py.
     assert done.started_at - done.created_at < timedelta(seconds=5)
     still_waiting = Job.objects.filter(pk__in=[j.id for j in backlog], state=Job.State.QUEUED).count()
     assert still_waiting >= 10
