@@ -155,7 +155,7 @@ def job_enqueue_group(
     if not requests:
         raise InvalidOption("a group needs at least one member")
     if callback.delay or callback.idempotency_key is not None or any(r.idempotency_key is not None for r in requests):
-        raise InvalidOption("a group and its callback take neither delays on the callback nor idempotency keys")
+        raise InvalidOption("a group's callback cannot be delayed, and no job of a group may have an idempotency key")
     with transaction.atomic():
         then = job_enqueue(**asdict(callback), owner=owner, origin=origin, waiting_for=len(requests))
         members = job_enqueue_many(requests=requests, owner=owner, origin=origin, then=then)

@@ -39,6 +39,11 @@ def wait_all(jobs: list[Job], state: str, timeout: float = 60) -> list[Job]:
     return list(Job.objects.filter(pk__in=ids))
 
 
+def wait_for_any(jobs: list[Job], state: str, *, what: str) -> None:
+    ids = [job.pk for job in jobs]
+    wait_until(lambda: Job.objects.filter(pk__in=ids, state=state).exists(), timeout=20, what=what)
+
+
 def outcomes(job: Job) -> list[str]:
     return list(job.attempt_history.order_by("number").values_list("outcome", flat=True))
 
@@ -99,11 +104,7 @@ def test_a_pool_child_killed_mid_batch_loses_no_job(start_worker):
     # 2 batches of 100 jobs of 30 ms: the first is killed after about 2 s, after its first flush.
     worker = start_worker(QUEUE, name="victim")
     jobs = job_enqueue_many(requests=noops(200, io_ms=30))
-    wait_until(
-        lambda: Job.objects.filter(pk__in=[job.pk for job in jobs], state=Job.State.SUCCEEDED).exists(),
-        timeout=20,
-        what="the first batch's first successes",
-    )
+    wait_for_any(jobs, Job.State.SUCCEEDED, what="the first batch's first successes")
     time.sleep(0.5)
 
     kill_pool_child(worker)
@@ -116,11 +117,7 @@ def test_a_pool_child_killed_mid_batch_loses_no_job(start_worker):
 def test_a_whole_worker_killed_mid_batch_hands_its_jobs_to_another_worker(start_worker):
     victim = start_worker(QUEUE, name="first", env=SHORT_VISIBILITY)
     jobs = job_enqueue_many(requests=noops(100, io_ms=50))
-    wait_until(
-        lambda: Job.objects.filter(pk__in=[job.pk for job in jobs], state=Job.State.STARTED).exists(),
-        timeout=20,
-        what="the batch to start",
-    )
+    wait_for_any(jobs, Job.State.STARTED, what="the batch to start")
     time.sleep(1.5)
     os.killpg(victim.pid, signal.SIGKILL)
     start_worker(QUEUE, name="second", env=SHORT_VISIBILITY)
