@@ -1,9 +1,16 @@
-"""The worker's consumer, extended so that a body it cannot decode also marks its job dead.
+"""The worker's consumer (``worker_consumer``), extended in two ways.
 
-Celery has no signal for an undecodable body (``Consumer.on_decode_error`` logs and acknowledges
-it); the task id is still readable in the message headers. A body Celery's task strategy trips
-over (empty, raw ``application/data``) is handled the same way: otherwise its TypeError stops the
-worker, the message goes back, and it stops the next worker too. Selected by ``worker_consumer``.
+A body it cannot decode also marks its job dead. Celery has no signal for an undecodable body
+(``Consumer.on_decode_error`` logs and acknowledges it); the task id is still readable in the
+message headers. A body Celery's task strategy trips over (empty, raw ``application/data``) is
+handled the same way: otherwise its TypeError stops the worker, the message goes back, and it
+stops the next worker too.
+
+Task events (Flower's) leave a moment after the task went to its pool process. Celery buffers them
+and flushes the buffer on the event loop's next turn, before the loop writes the task to the
+process: each task's start waited for a Redis round trip of its "task-received" event (1.7 ms of
+4 ms enqueue-to-start at idle). Flushed ``EVENT_FLUSH_DELAY`` later, the events of that window go
+out as one message, and the task starts first.
 """
 
 from __future__ import annotations
@@ -14,8 +21,22 @@ from celery.worker.consumer import Consumer
 
 from tasks.signals import mark_dead
 
+#: how long task events wait in the worker's buffer: well past the write of the task to its process
+EVENT_FLUSH_DELAY = 0.01
+
 
 class LedgerConsumer(Consumer):
+    _event_flush_due = False
+
+    def on_send_event_buffered(self) -> None:
+        if self.hub and not self._event_flush_due:
+            self._event_flush_due = True
+            self.hub.call_later(EVENT_FLUSH_DELAY, self._flush_buffered_events)
+
+    def _flush_buffered_events(self) -> None:
+        self._event_flush_due = False
+        self._flush_events()
+
     def create_task_handler(self, promise: Any = None) -> Any:
         handle = super().create_task_handler() if promise is None else super().create_task_handler(promise)
 

@@ -7,8 +7,8 @@ queue (counted as it makes them); the two control broadcasts that start the drai
 
 SQL statements: the platform's workers run with DB_STATEMENT_COUNTER_URL, a Redis of its own (so
 the broker's commandstats do not see the counting), and the statements of the enqueue in the
-bench process are counted by a Django execute wrapper. The bench's own polling of the ledger runs
-outside both.
+bench process are counted by a Django execute wrapper, with the publish leases job_enqueue's
+background thread released meanwhile. The bench's own polling of the ledger runs outside both.
 """
 
 from __future__ import annotations
@@ -58,10 +58,13 @@ def raw_commands(bench: Bench, workers: Workers, jobs: int) -> float:
 
 def ours_costs(bench: Bench, workers: Workers, jobs: int, *, batched: bool) -> tuple[float, float]:
     """Redis commands and SQL statements per job."""
+    from tasks.services.leases import lease_releases
+
     counter = redis.Redis.from_url(bench.counter_url)
     counter.set(STATEMENTS_KEY, 0)  # the workers' start-up statements, and earlier jobs', are not these jobs'
     before = commands_so_far()
     enqueue_statements = StatementCount()
+    releases_before = lease_releases.statements
     with connection.execute_wrapper(enqueue_statements):
         if batched:
             ours_enqueue_many(jobs, bench.owner)
@@ -71,7 +74,8 @@ def ours_costs(bench: Bench, workers: Workers, jobs: int, *, batched: bool) -> t
     workers.consume(OURS.queue, instead_of=OURS.idle_queue)
     wait_ours_done(jobs, timeout=drain_timeout(jobs), interval=0.05)
     commands = commands_so_far() - before
-    statements = int(counter.get(STATEMENTS_KEY) or 0) + enqueue_statements.count
+    releases = lease_releases.statements - releases_before
+    statements = int(counter.get(STATEMENTS_KEY) or 0) + enqueue_statements.count + releases
     workers.consume(OURS.idle_queue, instead_of=OURS.queue)
     bench.reset()
     return commands / jobs, statements / jobs

@@ -142,11 +142,12 @@ class Job(models.Model):
             models.Index(fields=["then"], name="job_then", condition=models.Q(then__isnull=False)),
             # A schedule's runs (origin beat:<name>), newest first, for its admin pages.
             models.Index(fields=["origin", "-created_at"], name="job_origin_created"),
-            # What the relay scans every second: small, since published jobs leave it.
+            # What the relay scans every second: small, since published jobs leave it (and a
+            # queued one as soon as its publisher released the lease).
             models.Index(
                 fields=["run_at", "created_at"],
                 name="job_unpublished",
-                condition=models.Q(state__in=UNPUBLISHED_STATES),
+                condition=models.Q(state__in=UNPUBLISHED_STATES) | models.Q(publishing_since__isnull=False),
             ),
         ]
         constraints = [

@@ -92,13 +92,7 @@ def batch_claim(
         [{"job_id": row.pk, "kind": "state", "state": Job.State.STARTED, "worker": worker} for row in runnable]
     )
     return {
-        str(row.pk): Attempt(
-            number=row.attempts + 1,
-            used=row.attempts + 1 - row.attempts_before_retry,
-            allowed=row.max_attempts or max_attempts,
-            then_id=row.then_id,
-            has_next=row.has_next,
-        )
+        str(row.pk): Attempt.started(row._replace(attempts=row.attempts + 1), max_attempts=max_attempts)
         for row in runnable
     }
 

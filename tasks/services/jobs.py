@@ -29,6 +29,7 @@ from tasks.models.jobs import UNPUBLISHED_STATES
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.registry import LEDGER_TASKS, PUBLIC_TASKS
 from tasks.services.batches import BATCH_TASK, batches_split
+from tasks.services.leases import lease_releases
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,10 @@ def job_enqueue(
         job.after, job.state, job.publishing_since = after, Job.State.WAITING, None
     if waiting_for:
         job.waiting_for, job.state, job.publishing_since = waiting_for, Job.State.WAITING, None
+    if job.state == Job.State.PENDING:
+        # Written queued, as it will be once published after commit, so a job never shows an
+        # unpublished state it has only for a millisecond (a failed publish sets it back to pending).
+        job.state, job.queued_at = Job.State.QUEUED, job.publishing_since
     if idempotency_key is None:
         job.save(force_insert=True)  # in the caller's transaction, or committed at once
     else:
@@ -130,9 +135,9 @@ def job_enqueue(
             first = Job.objects.get(task_name=task_name, idempotency_key=idempotency_key)
             first.created, first.publish_error = False, ""
             return first
-    if job.state == Job.State.PENDING:
+    if job.state == Job.State.QUEUED:
         # After the caller's commit; at once when there is no transaction around this call.
-        transaction.on_commit(partial(job_publish, job=job))
+        transaction.on_commit(partial(job_publish_many, jobs=[job], written_queued=True))
     return job
 
 
@@ -311,12 +316,14 @@ def job_publish(*, job: Job) -> bool:
     return job_publish_many(jobs=[job])
 
 
-def job_publish_many(*, jobs: Sequence[Job], alone: bool = False) -> bool:
+def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, written_queued: bool = False) -> bool:
     """Send the jobs' messages in one Redis pipeline, then mark them queued and free their lease.
 
     First attempts of a task with ``batch_size > 1`` travel many to a message (see
-    tasks.services.batches), unless ``alone``. On a broker error nothing is marked: the leases
-    are freed so the relay retries at once, and each job's ``publish_error`` says why.
+    tasks.services.batches), unless ``alone``. ``written_queued``: rows job_enqueue wrote queued
+    already, whose leases are released in the background (tasks.services.leases). On a broker
+    error nothing is marked: the jobs are pending with their leases freed, so the relay retries
+    at once, and each job's ``publish_error`` says why.
     """
     from project.celery import app
 
@@ -351,11 +358,21 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False) -> bool:
         # A batch cut off mid-flush may have delivered part of it: publishing again is at-least-once,
         # and the worker's ledger check drops a copy of a job that already finished.
         logger.warning("%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(jobs), exc)
-        Job.objects.filter(pk__in=ids).update(publishing_since=None)
+        if written_queued:
+            Job.objects.filter(pk__in=ids, state=Job.State.QUEUED).update(
+                state=Job.State.PENDING, queued_at=None, publishing_since=None
+            )
+        else:
+            Job.objects.filter(pk__in=ids).update(publishing_since=None)
         for job in jobs:
             job.publish_error = str(exc)
+            if written_queued and job.state == Job.State.QUEUED:
+                job.state, job.queued_at = Job.State.PENDING, None
         return False
-    _mark_published(ids, published_at)
+    if written_queued:
+        lease_releases.add(ids)
+    else:
+        _mark_published(ids, published_at)
     for job in jobs:
         job.publish_error = ""
         if job.state in UNPUBLISHED_STATES:
@@ -368,11 +385,14 @@ def _mark_published(ids: list, published_at) -> None:
     as a worker claiming a batch of them locks them, so the two never deadlock (one row needs
     neither the lock nor a transaction)."""
     with transaction.atomic() if len(ids) > 1 else nullcontext():
+        # Still unpublished and still leased: a fast worker may have run the job and failed it
+        # back to retrying (lease freed) before this mark; that retry is not published yet.
         unpublished = ids
         if len(ids) > 1:
-            locked = Job.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", "state")
-            unpublished = [pk for pk, state in locked if state in UNPUBLISHED_STATES]
-        queued = Job.objects.filter(pk__in=unpublished, state__in=UNPUBLISHED_STATES)
+            locked = Job.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+            rows = locked.values_list("pk", "state", "publishing_since")
+            unpublished = [pk for pk, state, lease in rows if state in UNPUBLISHED_STATES and lease is not None]
+        queued = Job.objects.filter(pk__in=unpublished, state__in=UNPUBLISHED_STATES, publishing_since__isnull=False)
         if queued.update(state=Job.State.QUEUED, queued_at=published_at, publishing_since=None) < len(ids):
             # Some were already started by a fast worker: keep their state, record when they were sent.
             Job.objects.filter(pk__in=ids, publishing_since__isnull=False).update(

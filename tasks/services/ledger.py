@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from tasks.models import Job, JobAttempt
 from tasks.models.jobs import FINISHED_STATES
+from tasks.services import ledger_postgres
 from tasks.services.events import job_event_publish
 from tasks.services.workflows import with_next_steps, workflow_jobs_succeeded, workflow_step_stopped
 
@@ -30,6 +31,17 @@ class Attempt:
     then_id: object = None
     #: whether workflow steps wait for this job (else its success need not look for them)
     has_next: bool = False
+
+    @classmethod
+    def started(cls, job: Any, *, max_attempts: int) -> Attempt:
+        """The attempt a job (a row or a model) was just started for; ``max_attempts``: the task's."""
+        return cls(
+            number=job.attempts,
+            used=job.attempts - job.attempts_before_retry,
+            allowed=job.max_attempts or max_attempts,
+            then_id=job.then_id,
+            has_next=job.has_next,
+        )
 
     @property
     def last(self) -> bool:
@@ -56,6 +68,11 @@ def job_begin_attempt(
     """Check the ledger before running: None means do not run (cancelled, already finished, or
     dead now because its workers kept dying); otherwise the job is started and the attempt recorded."""
     now = timezone.now()
+    if ledger_postgres.applies():
+        started = ledger_postgres.begin_attempt(job_id=job_id, queue=queue, worker=worker, now=now)
+        if started is not None:
+            job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
+            return Attempt.started(started, max_attempts=max_attempts)
     with transaction.atomic():
         job = with_next_steps(Job.objects.select_for_update().filter(pk=job_id)).first()
         if job is None:
@@ -74,14 +91,7 @@ def job_begin_attempt(
         job.save(update_fields=["attempts", "state", "started_at", "worker", "queue"])
         JobAttempt.objects.create(job=job, number=job.attempts, worker=worker, started_at=now)
     job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
-    allowed = job.max_attempts or max_attempts
-    return Attempt(
-        number=job.attempts,
-        used=job.attempts - job.attempts_before_retry,
-        allowed=allowed,
-        then_id=job.then_id,
-        has_next=job.has_next,
-    )
+    return Attempt.started(job, max_attempts=max_attempts)
 
 
 def jobs_close_lost_attempts(jobs: list[Job], *, now: datetime, limit: int) -> list[Job]:
@@ -113,6 +123,10 @@ def job_report_progress(*, job_id: str, percent: int, message: str = "") -> None
 
 def job_attempt_succeeded(*, job_id: str, attempt: Attempt, result: Any) -> None:
     now = timezone.now()
+    if not (attempt.has_next or attempt.then_id) and ledger_postgres.applies():
+        ledger_postgres.attempt_succeeded(job_id=job_id, number=attempt.number, result=result, now=now)
+        job_event_publish(job_id=job_id, kind="state", state=Job.State.SUCCEEDED, result=result)
+        return
     with transaction.atomic():
         _close_attempt(job_id, attempt.number, JobAttempt.Outcome.SUCCEEDED, at=now)
         # Only a started job: a job cancelled while it ran stays cancelled.

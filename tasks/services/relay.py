@@ -3,6 +3,9 @@
 A job is published by whoever holds its lease (``publishing_since``): the enqueuing request takes
 it when it writes the row; the relay takes only free or expired leases, inside one transaction
 with ``SKIP LOCKED``, so two relays (or a relay and a request) never publish the same job twice.
+An expired lease on a ``queued`` job (job_enqueue writes it so before its publish, see
+tasks.services.leases) means its process died before it released the lease, maybe before the
+publish: the relay publishes it again.
 """
 
 from __future__ import annotations
@@ -25,8 +28,13 @@ RELAY_BATCH = 500
 def jobs_relay(*, limit: int = RELAY_BATCH) -> int:
     """Publish due, unpublished jobs; returns how many were published."""
     now = timezone.now()
-    due = Q(state=Job.State.PENDING) | Q(state__in=[Job.State.SCHEDULED, Job.State.RETRYING], run_at__lte=now)
-    free = Q(publishing_since__isnull=True) | Q(publishing_since__lt=now - PUBLISH_LEASE)
+    expired = now - PUBLISH_LEASE
+    due = (
+        Q(state=Job.State.PENDING)
+        | Q(state__in=[Job.State.SCHEDULED, Job.State.RETRYING], run_at__lte=now)
+        | Q(state=Job.State.QUEUED, publishing_since__lt=expired)
+    )
+    free = Q(publishing_since__isnull=True) | Q(publishing_since__lt=expired)
     with transaction.atomic():
         jobs = list(Job.objects.select_for_update(skip_locked=True).filter(due & free).order_by("created_at")[:limit])
         Job.objects.filter(pk__in=[job.pk for job in jobs]).update(publishing_since=now)

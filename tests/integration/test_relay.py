@@ -10,8 +10,9 @@ from django.utils import timezone
 
 from tasks.models import ApiToken, Job
 from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.services.jobs import _mark_published, job_enqueue
 from tasks.services.relay import PUBLISH_LEASE
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,8 +38,6 @@ def test_job_enqueued_while_redis_is_down_runs_once_redis_is_back(own_redis, sta
 
     own_redis.start_again()
     start_worker(QueueName.DEFAULT, env=env)
-
-    from tests.support.processes import wait_until
 
     done = wait_until(
         lambda: Job.objects.filter(pk=job_id, state=Job.State.SUCCEEDED).first(), timeout=30, what="the relayed job"
@@ -86,3 +85,45 @@ def test_delayed_job_waits_in_the_ledger_then_runs_when_due(start_relay, start_w
     assert done.started_at >= done.run_at
     assert done.queued_at >= done.run_at
     assert done.attempts == 1
+
+
+def test_enqueue_writes_the_row_queued_and_releases_its_lease_in_the_background(broker):
+    job = job_enqueue(task_name="ops.ping")
+
+    row = Job.objects.get(pk=job.pk)
+    assert (row.state, broker.llen("default:5")) == (Job.State.QUEUED, 1)
+    wait_until(
+        lambda: Job.objects.filter(pk=job.pk, publishing_since__isnull=True).exists(),
+        timeout=5,
+        what="the background thread to release the publish lease",
+    )
+
+
+def test_relay_publishes_a_queued_job_whose_publisher_died_before_releasing_its_lease(start_relay, broker):
+    expired = timezone.now() - PUBLISH_LEASE - timedelta(seconds=1)
+    orphan = unpublished(state=Job.State.QUEUED, publishing_since=expired)
+    in_flight = unpublished(state=Job.State.QUEUED, publishing_since=timezone.now())
+    released = unpublished(state=Job.State.QUEUED, publishing_since=None)
+
+    assert start_relay("--once").popen.wait(60) == 0
+
+    assert broker.llen("default:5") == 1
+    published = json.loads(broker.lindex("default:5", 0))["headers"]["id"]
+    assert published == str(orphan.pk)
+    assert Job.objects.get(pk=orphan.pk).publishing_since is None
+    assert Job.objects.get(pk=in_flight.pk).publishing_since == in_flight.publishing_since
+    assert Job.objects.get(pk=released.pk).state == Job.State.QUEUED
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_late_publish_mark_leaves_a_job_a_worker_already_failed_back_to_retrying(count, broker):
+    """A fast worker can run a relayed retry and fail it again (lease freed) before the relay marks
+    its publish: that next retry is not published yet, so it must stay retrying for the relay."""
+    retry_at = timezone.now() + timedelta(seconds=5)
+    jobs = [unpublished(state=Job.State.RETRYING, run_at=retry_at, attempts=2) for _ in range(count)]
+
+    _mark_published([job.pk for job in jobs], timezone.now())
+
+    assert set(Job.objects.filter(pk__in=[job.pk for job in jobs]).values_list("state", flat=True)) == {
+        Job.State.RETRYING
+    }

@@ -1,0 +1,87 @@
+"""Publish leases released in the background, many to a statement.
+
+``job_enqueue`` writes its row already ``queued``, holding the publish lease (``publishing_since``),
+and publishes after commit. What is left once the message is out, releasing the lease, only tells
+the relay not to publish the job again; a request should not wait a second round trip and a
+second commit for it. So the publishing process hands the id to a background thread, which
+releases every lease handed to it in the last ``RELEASE_INTERVAL`` in one UPDATE.
+
+A process that dies with leases unreleased (its marks at most ``RELEASE_INTERVAL`` old; a clean
+exit releases them) leaves those jobs to the relay: one still waiting in its queue when the lease
+expires is published again (at least once, as any publish; tasks are idempotent).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+
+from django.db import DatabaseError, connection
+
+from tasks.models import Job
+
+logger = logging.getLogger(__name__)
+
+#: longest a released lease waits before it is written
+RELEASE_INTERVAL = 0.05
+#: the thread stops (and closes its database connection) after this long with nothing to release
+IDLE_SECONDS = 10.0
+
+
+class LeaseReleases:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: list = []
+        self._thread: threading.Thread | None = None
+        #: UPDATEs run so far, for the statements-per-job figures (this thread's connection is not
+        #: the one a caller's execute wrapper sees)
+        self.statements = 0
+
+    def add(self, ids: list) -> None:
+        with self._lock:
+            self._ids += ids
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lease-releases", daemon=True)
+                self._thread.start()
+
+    def flush(self) -> int:
+        """Release every lease handed over so far, in this thread; returns how many were released."""
+        with self._lock:
+            ids, self._ids = self._ids, []
+        if not ids:
+            return 0
+        try:
+            # Only single jobs come here, never a batch's: no batch claim waits on these rows,
+            # and a worker starting one of them locks that row alone (no lock order to keep).
+            self.statements += 1
+            Job.objects.filter(pk__in=ids, publishing_since__isnull=False).update(publishing_since=None)
+        except DatabaseError as exc:
+            logger.warning("%d publish lease(s) not released (%s); the relay may publish them again", len(ids), exc)
+        return len(ids)
+
+    def _run(self) -> None:
+        idle = 0.0
+        try:
+            while True:
+                time.sleep(RELEASE_INTERVAL)
+                idle = 0.0 if self.flush() else idle + RELEASE_INTERVAL
+                if idle >= IDLE_SECONDS:
+                    with self._lock:
+                        if not self._ids:
+                            self._thread = None
+                            return
+        finally:
+            connection.close()  # this thread's own connection
+
+    def reset_after_fork(self) -> None:
+        """A forked child inherits the ids but not the thread (the parent releases them)."""
+        self._lock = threading.Lock()
+        self._ids, self._thread = [], None
+
+
+lease_releases = LeaseReleases()
+atexit.register(lease_releases.flush)
+os.register_at_fork(after_in_child=lease_releases.reset_after_fork)
