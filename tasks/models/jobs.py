@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.utils import timezone
 
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 
@@ -120,7 +121,9 @@ class Job(models.Model):
         help_text="Lease of the process publishing it, so the relay never publishes a job twice.",
     )
     # One timestamp per transition: pending/scheduled at creation, then queued, started, finished.
-    created_at = models.DateTimeField("created at", auto_now_add=True)
+    # Not auto_now_add: job_enqueue gives created_at and queued_at one timestamp (a row written
+    # queued), and auto_now_add would stamp created_at later, at save.
+    created_at = models.DateTimeField("created at", default=timezone.now, editable=False)
     queued_at = models.DateTimeField("queued at", null=True, blank=True)
     started_at = models.DateTimeField("started at", null=True, blank=True, help_text="Of the latest attempt.")
     finished_at = models.DateTimeField("finished at", null=True, blank=True)

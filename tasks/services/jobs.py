@@ -288,6 +288,7 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) ->
         run_at=now + delay if delayed else None,
         # The enqueuing process holds the publish lease; the relay takes over if it never publishes.
         publishing_since=None if delayed else now,
+        created_at=now,
     )
     job.created, job.publish_error = True, ""
     return job
