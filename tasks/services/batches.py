@@ -104,6 +104,9 @@ def batch_succeeded(*, results: dict[str, Any], attempts: dict[str, Attempt]) ->
     now = timezone.now()
     ids = list(results)
     with transaction.atomic():
+        # Locked in id order first, as every writer of several job rows locks them: an UPDATE
+        # alone locks them in scan order and deadlocked with a publisher marking the same rows.
+        list(Job.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
         JobAttempt.objects.filter(job_id__in=ids, outcome=JobAttempt.Outcome.RUNNING).update(
             outcome=JobAttempt.Outcome.SUCCEEDED, finished_at=now
         )
@@ -137,7 +140,8 @@ def batch_abandon(*, job_ids: Sequence[str], reason: str, ran: bool) -> None:
     is closed as failed with ``reason``; otherwise they never ran and their attempt is undone."""
     now = timezone.now()
     with transaction.atomic():
-        jobs = list(Job.objects.select_for_update().filter(pk__in=job_ids, state=Job.State.STARTED))
+        started = Job.objects.select_for_update().filter(pk__in=job_ids, state=Job.State.STARTED)
+        jobs = list(started.order_by("pk"))
         running = JobAttempt.objects.filter(job__in=jobs, outcome=JobAttempt.Outcome.RUNNING)
         if ran:
             running.update(outcome=JobAttempt.Outcome.FAILED, finished_at=now, error=reason)
