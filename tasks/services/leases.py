@@ -60,6 +60,7 @@ class LeaseReleases:
             Job.objects.filter(pk__in=ids, publishing_since__isnull=False).update(publishing_since=None)
         except DatabaseError as exc:
             logger.warning("%d publish lease(s) not released (%s); the relay may publish them again", len(ids), exc)
+            connection.close()  # maybe broken (a database restart): the next flush opens a new one
         return len(ids)
 
     def _run(self) -> None:
@@ -74,6 +75,9 @@ class LeaseReleases:
                             self._thread = None
                             return
         finally:
+            with self._lock:  # stopped by an error: the next add starts a new thread
+                if self._thread is threading.current_thread():
+                    self._thread = None
             connection.close()  # this thread's own connection
 
     def reset_after_fork(self) -> None:
