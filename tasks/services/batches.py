@@ -106,11 +106,13 @@ def batch_succeeded(*, results: dict[str, Any], attempts: dict[str, Attempt]) ->
     with transaction.atomic():
         # Locked in id order first, as every writer of several job rows locks them: an UPDATE
         # alone locks them in scan order and deadlocked with a publisher marking the same rows.
-        list(Job.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+        # Held until commit, the states read here are the ones the UPDATE finds.
+        locked = Job.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", "state")
+        succeeded = [str(pk) for pk, state in locked if state == Job.State.STARTED]
         JobAttempt.objects.filter(job_id__in=ids, outcome=JobAttempt.Outcome.RUNNING).update(
             outcome=JobAttempt.Outcome.SUCCEEDED, finished_at=now
         )
-        updated = Job.objects.filter(pk__in=ids, state=Job.State.STARTED).update(
+        Job.objects.filter(pk__in=succeeded).update(
             state=Job.State.SUCCEEDED,
             result=_results_expression(results),
             progress=100,
@@ -118,10 +120,6 @@ def batch_succeeded(*, results: dict[str, Any], attempts: dict[str, Attempt]) ->
             traceback="",
             finished_at=now,
         )
-        succeeded = ids
-        if updated < len(ids):
-            finished = Job.objects.filter(pk__in=ids, state=Job.State.SUCCEEDED, finished_at=now)
-            succeeded = [str(pk) for pk in finished.values_list("pk", flat=True)]
         callbacks = Counter(attempts[job_id].then_id for job_id in succeeded if attempts[job_id].then_id)
         followed = [job_id for job_id in succeeded if attempts[job_id].has_next]
         if followed or callbacks:
