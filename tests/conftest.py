@@ -19,6 +19,17 @@ HOSTNAME = socket.gethostname()
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """pytest-django's, and before it drops the test database, the lease release thread ended:
+    its connection would keep PostgreSQL from dropping it."""
+    yield
+    from tasks.services.leases import lease_releases
+
+    with django_db_blocker.unblock():
+        lease_releases.stop()
+
+
+@pytest.fixture(scope="session")
 def database_url(django_db_setup, django_db_blocker) -> str:
     """A DATABASE_URL for the test database pytest-django created, for subprocesses."""
     from django.db import connection

@@ -1,10 +1,11 @@
 """Publish leases released in the background, many to a statement.
 
-``job_enqueue`` writes its row already ``queued``, holding the publish lease (``publishing_since``),
-and publishes after commit. What is left once the message is out, releasing the lease, only tells
-the relay not to publish the job again; a request should not wait a second round trip and a
-second commit for it. So the publishing process hands the id to a background thread, which
-releases every lease handed to it in the last ``RELEASE_INTERVAL`` in one UPDATE.
+``job_enqueue`` and ``job_enqueue_many`` write their rows already ``queued``, holding the publish
+lease (``publishing_since``), and publish after commit. What is left once the message is out,
+releasing the lease, only tells the relay not to publish the job again; a request should not wait
+a second round trip and a second commit for it. So the publishing process hands the ids to a
+background thread, which releases every lease handed to it in the last ``RELEASE_INTERVAL`` in
+one UPDATE.
 
 A process that dies with leases unreleased (its marks at most ``RELEASE_INTERVAL`` old; a clean
 exit releases them) leaves those jobs to the relay: one still waiting in its queue when the lease
@@ -17,9 +18,8 @@ import atexit
 import logging
 import os
 import threading
-import time
 
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 
 from tasks.models import Job
 
@@ -36,6 +36,7 @@ class LeaseReleases:
         self._lock = threading.Lock()
         self._ids: list = []
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         #: UPDATEs run so far, for the statements-per-job figures (this thread's connection is not
         #: the one a caller's execute wrapper sees)
         self.statements = 0
@@ -54,20 +55,36 @@ class LeaseReleases:
         if not ids:
             return 0
         try:
-            # Only single jobs come here, never a batch's: no batch claim waits on these rows,
-            # and a worker starting one of them locks that row alone (no lock order to keep).
             self.statements += 1
-            Job.objects.filter(pk__in=ids, publishing_since__isnull=False).update(publishing_since=None)
+            leased = Job.objects.filter(pk__in=ids, publishing_since__isnull=False)
+            if len(ids) == 1:
+                leased.update(publishing_since=None)
+            else:
+                # Locked in id order, as a worker claiming a batch of them locks them, so the two
+                # never deadlock (still one statement: the locking subquery is the UPDATE's).
+                with transaction.atomic():
+                    Job.objects.filter(pk__in=leased.order_by("pk").select_for_update().values("pk")).update(
+                        publishing_since=None
+                    )
         except DatabaseError as exc:
             logger.warning("%d publish lease(s) not released (%s); the relay may publish them again", len(ids), exc)
             connection.close()  # maybe broken (a database restart): the next flush opens a new one
         return len(ids)
 
+    def stop(self) -> None:
+        """End the thread (its connection closed) and release what is left, in this thread."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            self._stopping.set()
+            thread.join()
+            self._stopping.clear()
+        self.flush()
+
     def _run(self) -> None:
         idle = 0.0
         try:
-            while True:
-                time.sleep(RELEASE_INTERVAL)
+            while not self._stopping.wait(RELEASE_INTERVAL):
                 idle = 0.0 if self.flush() else idle + RELEASE_INTERVAL
                 if idle >= IDLE_SECONDS:
                     with self._lock:
@@ -82,7 +99,7 @@ class LeaseReleases:
 
     def reset_after_fork(self) -> None:
         """A forked child inherits the ids but not the thread (the parent releases them)."""
-        self._lock = threading.Lock()
+        self._lock, self._stopping = threading.Lock(), threading.Event()
         self._ids, self._thread = [], None
 
 

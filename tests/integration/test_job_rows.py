@@ -1,0 +1,41 @@
+"""enqueue_many's rows (COPY on PostgreSQL) read back as the ORM writes the same jobs."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from tasks.models import Job
+from tasks.services.jobs import JobRequest, job_enqueue, job_enqueue_many
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+#: every column but the id, and the publish lease, which the background release clears meanwhile
+FIELDS = [f.attname for f in Job._meta.concrete_fields if f.attname not in ("id", "publishing_since")]
+
+
+def stored(job: Job) -> dict:
+    return Job.objects.filter(pk=job.pk).values(*FIELDS).get()
+
+
+def test_rows_written_by_enqueue_many_equal_the_orms(broker):
+    owner = get_user_model().objects.create_user("rows")
+    callback = job_enqueue(task_name="ops.ping", owner=owner, waiting_for=4)
+    requests = [
+        JobRequest("ops.ping", {"hold_seconds": 1}),
+        JobRequest("ops.noop", {"io_ms": 2.5}, queue="critical", priority=0, max_attempts=7),
+        JobRequest("ops.fail", {"mode": "permanent", "note": 'naïve ☃ "quoted"\t\\ \n'}),
+        JobRequest("ops.ping", delay=timedelta(minutes=5)),
+    ]
+
+    jobs = job_enqueue_many(requests=requests, owner=owner, origin="test", then=callback)
+
+    for job in jobs:
+        row = stored(job)
+        # The same job written by the ORM, under another id.
+        job.pk, job._state.adding = None, True
+        job.id = Job._meta.pk.get_default()
+        job.save(force_insert=True)
+        assert stored(job) == row
+    assert [row["state"] for row in map(stored, jobs)] == ["queued", "queued", "queued", "scheduled"]
+    assert {row["then_id"] for row in map(stored, jobs)} == {callback.pk}
