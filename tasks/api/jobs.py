@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from ninja import Field, Query, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
+from pydantic import BaseModel
 
 from tasks.api.base import Error, IdempotencyKeyInUse, Unprocessable, api
 from tasks.models import Job
@@ -71,7 +72,9 @@ class BatchIn(Schema):
     )
 
 
-class JobAccepted(Schema):
+# Plain pydantic models for answers built from dicts: ninja's Schema wraps every object in a getter
+# for ORM attributes, a tenth of the time of a 1,000-job batch request.
+class JobAccepted(BaseModel):
     id: UUID
     state: str
     url: str
@@ -82,7 +85,7 @@ class JobNotPublished(JobAccepted):
     code: str
 
 
-class BatchAccepted(Schema):
+class BatchAccepted(BaseModel):
     jobs: list[JobAccepted]
 
 
@@ -139,11 +142,18 @@ class QueuesOut(Schema):
 
 
 _COMMON_ERRORS = {400: Error, 401: Error, 413: Error}
+_ANY_ID = UUID(int=0)
 _BROKER_DOWN = "the broker is unavailable; recorded as pending, the relay publishes when Redis is back"
 
 
-def _accepted(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "state": job.state, "url": reverse("api:job_get", kwargs={"job_id": job.id})}
+def _accepted(job: Job, url_prefix: str | None = None) -> dict[str, Any]:
+    """``url_prefix``: from _job_url_prefix, once for all the jobs of a batch."""
+    return {"id": job.id, "state": job.state, "url": f"{url_prefix or _job_url_prefix()}{job.id}"}
+
+
+def _job_url_prefix() -> str:
+    """A job's URL without the id: reversed once, not once per job (a tenth of a batch request)."""
+    return reverse("api:job_get", kwargs={"job_id": _ANY_ID}).removesuffix(str(_ANY_ID))
 
 
 def _held_by_someone_else(job: Job, user) -> bool:
@@ -203,7 +213,8 @@ def job_create_batch(request: HttpRequest, body: BatchIn):
         for index, job in enumerate(jobs):
             if _held_by_someone_else(job, request.user):
                 raise IdempotencyKeyInUse(index)  # rolls the whole batch back: nothing is published
-    accepted = {"jobs": [_accepted(job) for job in jobs]}
+    url_prefix = _job_url_prefix()
+    accepted = {"jobs": [_accepted(job, url_prefix) for job in jobs]}
     if any(job.publish_error for job in jobs):
         return Status(503, {**accepted, "code": "broker_unavailable", "detail": _BROKER_DOWN})
     return Status(202, accepted)
