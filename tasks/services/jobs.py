@@ -30,7 +30,7 @@ from tasks.models.jobs import UNPUBLISHED_STATES
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.registry import LEDGER_TASKS, PUBLIC_TASKS
 from tasks.services.batches import BATCH_TASK, batches_split
-from tasks.services.job_rows import job_rows_insert
+from tasks.services.job_rows import job_row_insert, job_rows_insert
 from tasks.services.leases import lease_releases
 
 logger = logging.getLogger(__name__)
@@ -125,12 +125,12 @@ def job_enqueue(
     if after is not None or waiting_for:
         job.state, job.queued_at, job.publishing_since = Job.State.WAITING, None, None
     if idempotency_key is None:
-        job.save(force_insert=True)  # in the caller's transaction, or committed at once
+        job_row_insert(job)  # in the caller's transaction, or committed at once
     else:
         try:
             # A savepoint inside the caller's transaction: a duplicate must not spoil it.
             with transaction.atomic():
-                job.save(force_insert=True)
+                job_row_insert(job)
         except IntegrityError:
             first = Job.objects.get(task_name=task_name, idempotency_key=idempotency_key)
             first.created, first.publish_error = False, ""

@@ -1,4 +1,5 @@
-"""enqueue_many's rows (COPY on PostgreSQL) read back as the ORM writes the same jobs."""
+"""Rows enqueue writes without the ORM (an INSERT, COPY for many, on PostgreSQL) read back as the
+ORM writes the same jobs."""
 
 from datetime import timedelta
 
@@ -18,7 +19,7 @@ def stored(job: Job) -> dict:
     return Job.objects.filter(pk=job.pk).values(*FIELDS).get()
 
 
-def test_rows_written_by_enqueue_many_equal_the_orms(broker):
+def test_rows_written_without_the_orm_equal_the_orms(broker):
     owner = get_user_model().objects.create_user("rows")
     callback = job_enqueue(task_name="ops.ping", owner=owner, waiting_for=4)
     requests = [
@@ -29,13 +30,16 @@ def test_rows_written_by_enqueue_many_equal_the_orms(broker):
     ]
 
     jobs = job_enqueue_many(requests=requests, owner=owner, origin="test", then=callback)
+    single = job_enqueue(task_name="ops.fail", payload={"mode": "permanent", "note": "☃"}, owner=owner, max_attempts=2)
+    keyed = job_enqueue(task_name="ops.ping", idempotency_key="k-1", priority=9, after=single)
 
-    for job in jobs:
+    for job in [*jobs, single, keyed]:
         row = stored(job)
         # The same job written by the ORM, under another id.
         job.pk, job._state.adding = None, True
         job.id = Job._meta.pk.get_default()
+        job.idempotency_key = job.idempotency_key and f"{job.idempotency_key}-orm"
         job.save(force_insert=True)
-        assert stored(job) == row
+        assert stored(job) == {**row, "idempotency_key": job.idempotency_key}
     assert [row["state"] for row in map(stored, jobs)] == ["queued", "queued", "queued", "scheduled"]
     assert {row["then_id"] for row in map(stored, jobs)} == {callback.pk}
