@@ -31,6 +31,9 @@ LEDGER_TASKS: dict[str, LedgerTask] = {}
 PUBLIC_TASKS: dict[str, LedgerTask] = {}
 #: the ledger tasks an admin may put on a schedule (public ones, and housekeeping)
 SCHEDULABLE_TASKS: dict[str, LedgerTask] = {}
+#: name -> batch_size, for the tasks whose first attempts travel many to a message (read at every
+#: publish: a plain dict, where each task's attribute is read through a Celery proxy)
+BATCH_SIZES: dict[str, int] = {}
 
 #: errors no retry can mend: an explicit PermanentError, and a payload the schema refuses
 ALWAYS_PERMANENT = (PermanentError, ValidationError)
@@ -43,8 +46,9 @@ class LedgerTask(Task):
 
     Class attributes a task may override: ``max_attempts``, ``backoff_base``,
     ``backoff_max`` (seconds), ``permanent_errors`` (exception types that mean "dead at once";
-    ``PermanentError`` and an invalid payload always do) and ``batch_size``: for short jobs, how
-    many first attempts of one enqueue_many may travel in one message (see tasks.services.batches).
+    ``PermanentError`` and an invalid payload always do) and ``batch_size`` (an option of the
+    decorator, kept in BATCH_SIZES): for short jobs, how many first attempts of one enqueue_many
+    may travel in one message (see tasks.services.batches).
     """
 
     payload_schema: type[BaseModel]
@@ -165,6 +169,8 @@ def ledger_task(
 
         task = shared_task(name=name, base=LedgerTask, bind=True, payload_schema=payload, **options)(run)
         LEDGER_TASKS[name] = task
+        if options.get("batch_size", 1) > 1:
+            BATCH_SIZES[name] = options["batch_size"]
         if public:
             PUBLIC_TASKS[name] = task
         if public or schedulable:

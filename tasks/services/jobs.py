@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from tasks.models import Job
 from tasks.models.jobs import UNPUBLISHED_STATES
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
-from tasks.registry import LEDGER_TASKS, PUBLIC_TASKS
+from tasks.registry import BATCH_SIZES, LEDGER_TASKS, PUBLIC_TASKS
 from tasks.services.batches import BATCH_TASK, batches_split
 from tasks.services.job_rows import job_row_insert, job_rows_insert
 from tasks.services.leases import lease_releases
@@ -324,10 +324,6 @@ def _pipelined(producer, messages: int) -> AbstractContextManager:
     return producer.batch(max_size=PUBLISH_BATCH_SIZE) if messages > 1 else nullcontext()
 
 
-def _batch_sizes() -> dict[str, int]:
-    return {name: task.batch_size for name, task in LEDGER_TASKS.items() if task.batch_size > 1}
-
-
 @cache
 def task_queue(task_name: str) -> str:
     """The queue celeryconfig's routes give a task (routes are static configuration)."""
@@ -355,7 +351,7 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, written_queued
 
     published_at = timezone.now()  # before sending: a fast worker may start a job at once
     ids = [job.pk for job in jobs]
-    singles, batches = (list(jobs), []) if alone else batches_split(jobs, _batch_sizes())
+    singles, batches = (list(jobs), []) if alone else batches_split(jobs, BATCH_SIZES)
     # Time limits are the worker's to apply (its settings, the task's own): without None here,
     # Celery would stamp the publishing process's limits on each message.
     no_limits = {"time_limit": None, "soft_time_limit": None}
