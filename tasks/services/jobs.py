@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Value
+from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from kombu.exceptions import BatchPublishError, OperationalError
@@ -30,7 +30,7 @@ from tasks.models.jobs import UNPUBLISHED_STATES
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.registry import BATCH_SIZES, LEDGER_TASKS, PUBLIC_TASKS
 from tasks.services.batches import BATCH_TASK, batches_split
-from tasks.services.job_rows import job_row_insert, job_rows_insert
+from tasks.services.job_rows import job_row_insert, job_rows_insert, job_rows_update
 from tasks.services.leases import lease_releases
 
 logger = logging.getLogger(__name__)
@@ -381,11 +381,10 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, written_queued
         # and the worker's ledger check drops a copy of a job that already finished.
         logger.warning("%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(jobs), exc)
         if written_queued:
-            Job.objects.filter(pk__in=ids, state=Job.State.QUEUED).update(
-                state=Job.State.PENDING, queued_at=None, publishing_since=None
-            )
+            back = {"state": Job.State.PENDING, "queued_at": None, "publishing_since": None}
+            job_rows_update(ids, Q(state=Job.State.QUEUED), **back)
         else:
-            Job.objects.filter(pk__in=ids).update(publishing_since=None)
+            job_rows_update(ids, Q(), publishing_since=None)
         for job in jobs:
             job.publish_error = str(exc)
             if written_queued and job.state == Job.State.QUEUED:

@@ -19,9 +19,10 @@ import logging
 import os
 import threading
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
+from django.db.models import Q
 
-from tasks.models import Job
+from tasks.services.job_rows import job_rows_update
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +57,7 @@ class LeaseReleases:
             return 0
         try:
             self.statements += 1
-            leased = Job.objects.filter(pk__in=ids, publishing_since__isnull=False)
-            if len(ids) == 1:
-                leased.update(publishing_since=None)
-            else:
-                # Locked in id order, as a worker claiming a batch of them locks them, so the two
-                # never deadlock (still one statement: the locking subquery is the UPDATE's).
-                with transaction.atomic():
-                    Job.objects.filter(pk__in=leased.order_by("pk").select_for_update().values("pk")).update(
-                        publishing_since=None
-                    )
+            job_rows_update(ids, Q(publishing_since__isnull=False), publishing_since=None)
         except DatabaseError as exc:
             logger.warning("%d publish lease(s) not released (%s); the relay may publish them again", len(ids), exc)
             connection.close()  # maybe broken (a database restart): the next flush opens a new one
