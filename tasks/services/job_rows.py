@@ -1,4 +1,5 @@
-"""New ledger rows without the ORM's per-field work, on PostgreSQL: COPY for many, an INSERT for one.
+"""Writing job rows: new ones without the ORM's per-field work on PostgreSQL (COPY for many, one
+INSERT for one), and updates of many in id order.
 
 An ``enqueue_many`` of short jobs spent half its time in ``bulk_create``, most of that preparing
 each of a row's fields in Python (``get_db_prep_save`` and its adapters, per field and per row).
