@@ -18,10 +18,11 @@ from tests.support.processes import BASE_DIR, BIN_DIR, ManagedProcess, wait_unti
 HOSTNAME = socket.gethostname()
 
 
-@pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker) -> Iterator[None]:
-    """pytest-django's, and before it drops the test database, the lease release thread ended:
-    its connection would keep PostgreSQL from dropping it."""
+@pytest.fixture(autouse=True)
+def lease_releases_done(django_db_blocker) -> Iterator[None]:
+    """A test's publish leases released as it ends, and the release thread ended with its
+    connection: else the thread writes after its test (refused by pytest-django, or into the next
+    test), and its connection keeps PostgreSQL from dropping the test database."""
     yield
     from tasks.services.leases import lease_releases
 
