@@ -33,13 +33,14 @@ def test_rows_written_without_the_orm_equal_the_orms(broker):
     single = job_enqueue(task_name="ops.fail", payload={"mode": "permanent", "note": "☃"}, owner=owner, max_attempts=2)
     keyed = job_enqueue(task_name="ops.ping", idempotency_key="k-1", priority=9, after=single)
 
-    for job in [*jobs, single, keyed]:
-        row = stored(job)
-        # The same job written by the ORM, under another id.
-        job.pk, job._state.adding = None, True
-        job.id = Job._meta.pk.get_default()
+    written = [*jobs, single, keyed]
+    rows = [stored(job) for job in written]
+
+    assert [row["state"] for row in rows] == ["queued", "queued", "queued", "scheduled", "queued", "waiting"]
+    assert [row["then_id"] for row in rows[:4]] == [callback.pk] * 4
+    for job, row in zip(written, rows, strict=True):
+        # The same job written by the ORM, under another id (and key: keys are unique).
+        job.id, job._state.adding = Job._meta.pk.get_default(), True
         job.idempotency_key = job.idempotency_key and f"{job.idempotency_key}-orm"
         job.save(force_insert=True)
         assert stored(job) == {**row, "idempotency_key": job.idempotency_key}
-    assert [row["state"] for row in map(stored, jobs)] == ["queued", "queued", "queued", "scheduled"]
-    assert {row["then_id"] for row in map(stored, jobs)} == {callback.pk}
