@@ -171,9 +171,9 @@ def ledger_clear() -> None:
     from django.core.management.color import no_style
     from django.db import connection
 
-    from tasks.models import Job, JobAction, JobAttempt
+    from tasks.models import Job, JobAction, JobAttempt, PublishLease
 
-    tables = [model._meta.db_table for model in (JobAttempt, JobAction, Job)]
+    tables = [model._meta.db_table for model in (JobAttempt, JobAction, Job, PublishLease)]
     # TRUNCATE ... CASCADE on PostgreSQL (rows that point at jobs go too), DELETE on SQLite.
     statements = connection.ops.sql_flush(no_style(), tables, allow_cascade=True)
     connection.ops.execute_sql_flush(statements)

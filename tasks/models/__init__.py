@@ -1,4 +1,4 @@
-from tasks.models.jobs import Job, JobAction, JobAttempt
+from tasks.models.jobs import Job, JobAction, JobAttempt, PublishLease
 from tasks.models.notifications import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tasks.models.orders import OpsAlert, Order, OrderItem, OrderStep, Product
 from tasks.models.reports import Report
@@ -16,6 +16,7 @@ __all__ = [
     "OrderItem",
     "OrderStep",
     "Product",
+    "PublishLease",
     "Report",
     "ScheduleOptions",
     "WebhookAttempt",

@@ -118,7 +118,8 @@ class Job(models.Model):
         null=True,
         blank=True,
         editable=False,
-        help_text="Lease of the process publishing it, so the relay never publishes a job twice.",
+        help_text="Lease of the relay (or a retry) publishing an unpublished job, so it is never published "
+        "twice. A job an enqueue writes queued is leased by a PublishLease instead.",
     )
     # One timestamp per transition: pending/scheduled at creation, then queued, started, finished.
     # Not auto_now_add: job_enqueue gives created_at and queued_at one timestamp (a row written
@@ -145,12 +146,11 @@ class Job(models.Model):
             models.Index(fields=["then"], name="job_then", condition=models.Q(then__isnull=False)),
             # A schedule's runs (origin beat:<name>), newest first, for its admin pages.
             models.Index(fields=["origin", "-created_at"], name="job_origin_created"),
-            # What the relay scans every second: small, since published jobs leave it (and a
-            # queued one as soon as its publisher released the lease).
+            # What the relay scans every second: small, since published jobs leave it.
             models.Index(
                 fields=["run_at", "created_at"],
                 name="job_unpublished",
-                condition=models.Q(state__in=UNPUBLISHED_STATES) | models.Q(publishing_since__isnull=False),
+                condition=models.Q(state__in=UNPUBLISHED_STATES),
             ),
         ]
         constraints = [
@@ -175,6 +175,25 @@ class Job(models.Model):
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+
+class PublishLease(models.Model):
+    """Jobs an enqueue wrote ``queued`` whose messages its process is sending.
+
+    The process deletes the lease once they are out. One narrow row for every job of the call, so
+    the release rewrites none of the wide, many-indexed job rows. A lease still here after
+    tasks.services.relay.PUBLISH_LEASE belongs to a process that died, maybe before its publish:
+    the relay publishes its jobs that are still queued again.
+    """
+
+    since = models.DateTimeField("since")
+    job_ids = models.JSONField("job ids", help_text="The ids of the jobs it covers, as text.")
+
+    class Meta:
+        verbose_name = "publish lease"
+
+    def __str__(self) -> str:
+        return f"publish lease {self.pk} of {len(self.job_ids)} job(s) since {self.since:%Y-%m-%d %H:%M:%S}"
 
 
 class JobAttempt(models.Model):

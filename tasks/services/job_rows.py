@@ -1,5 +1,5 @@
 """Writing job rows: new ones without the ORM's per-field work on PostgreSQL (COPY for many, one
-INSERT for one), and updates of many in id order.
+INSERT for one, with its publish lease in the same statement), and updates of many in id order.
 
 An ``enqueue_many`` of short jobs spent half its time in ``bulk_create``, most of that preparing
 each of a row's fields in Python (``get_db_prep_save`` and its adapters, per field and per row).
@@ -22,8 +22,9 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import JSONField, Q
+from django.utils import timezone
 
-from tasks.models import Job
+from tasks.models import Job, PublishLease
 
 
 def job_rows_insert(jobs: Sequence[Job]) -> None:
@@ -42,16 +43,30 @@ def job_rows_insert(jobs: Sequence[Job]) -> None:
         job._state.adding, job._state.db = False, connection.alias
 
 
-def job_row_insert(job: Job) -> None:
+def job_row_insert(job: Job, *, leased: bool) -> int | None:
     """Insert one new job in the caller's transaction: an INSERT of the values COPY would write
     (``save`` compiles the statement and prepares each field anew, a third of a single enqueue's
-    time in Python). IntegrityError as ``save``'s on a conflict."""
+    time in Python). IntegrityError as ``save``'s on a conflict.
+
+    ``leased``: with a PublishLease on it since its ``created_at``, in the same statement; returns
+    the lease's id."""
     if connection.vendor != "postgresql":
         job.save(force_insert=True)
-        return
+        return publish_lease_insert([job]) if leased else None
     with connection.cursor() as cursor:
-        cursor.execute(_insert_statement(), _row(job))
+        if leased:
+            cursor.execute(_insert_leased_statement(), [*_row(job), job.created_at])
+            lease = cursor.fetchone()[0]
+        else:
+            cursor.execute(_insert_statement(), _row(job))
+            lease = None
     job._state.adding, job._state.db = False, connection.alias
+    return lease
+
+
+def publish_lease_insert(jobs: Sequence[Job]) -> int:
+    """A PublishLease on these jobs from now, in the caller's transaction; returns its id."""
+    return PublishLease.objects.create(since=timezone.now(), job_ids=[str(job.pk) for job in jobs]).pk
 
 
 def job_rows_update(ids: Sequence, where: Q, **values: Any) -> int:
@@ -108,6 +123,15 @@ def _copy_statement() -> str:
 def _insert_statement() -> str:
     values = ", ".join("%s::jsonb" if isinstance(field, JSONField) else "%s" for field in _fields())
     return f"INSERT INTO {_table()} ({_column_list()}) VALUES ({values})"  # noqa: S608 - names from the model
+
+
+@cache
+def _insert_leased_statement() -> str:
+    leases = connection.ops.quote_name(PublishLease._meta.db_table)
+    return (
+        f"WITH job AS ({_insert_statement()} RETURNING id) "  # noqa: S608 - names from the models
+        f"INSERT INTO {leases} (since, job_ids) SELECT %s, jsonb_build_array(id) FROM job RETURNING id"
+    )
 
 
 def _table() -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Value
+from django.db.models.base import ModelState
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from kombu.exceptions import BatchPublishError, OperationalError
@@ -29,9 +30,9 @@ from tasks.models import Job
 from tasks.models.jobs import UNPUBLISHED_STATES
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.registry import BATCH_SIZES, LEDGER_TASKS, PUBLIC_TASKS
-from tasks.services.batches import BATCH_TASK, batches_split
-from tasks.services.job_rows import job_row_insert, job_rows_insert, job_rows_update
-from tasks.services.leases import lease_releases
+from tasks.services.batches import BATCH_TASK, batch_kwargsrepr, batches_split
+from tasks.services.job_rows import job_row_insert, job_rows_insert, job_rows_update, publish_lease_insert
+from tasks.services.leases import lease_release, lease_release_logged, lease_releases
 
 logger = logging.getLogger(__name__)
 
@@ -123,21 +124,23 @@ def job_enqueue(
     if waiting_for:
         job.waiting_for = waiting_for
     if after is not None or waiting_for:
-        job.state, job.queued_at, job.publishing_since = Job.State.WAITING, None, None
+        job.state, job.queued_at = Job.State.WAITING, None
+    # Written queued, the enqueuing process holding its publish lease (see PublishLease).
+    leased = job.state == Job.State.QUEUED
     if idempotency_key is None:
-        job_row_insert(job)  # in the caller's transaction, or committed at once
+        lease = job_row_insert(job, leased=leased)  # in the caller's transaction, or committed at once
     else:
         try:
             # A savepoint inside the caller's transaction: a duplicate must not spoil it.
             with transaction.atomic():
-                job_row_insert(job)
+                lease = job_row_insert(job, leased=leased)
         except IntegrityError:
             first = Job.objects.get(task_name=task_name, idempotency_key=idempotency_key)
             first.created, first.publish_error = False, ""
             return first
-    if job.state == Job.State.QUEUED:
+    if leased:
         # After the caller's commit; at once when there is no transaction around this call.
-        transaction.on_commit(partial(job_publish_many, jobs=[job], written_queued=True))
+        transaction.on_commit(partial(job_publish_many, jobs=[job], lease=lease))
     return job
 
 
@@ -197,7 +200,8 @@ def job_enqueue_many(
             job_rows_insert(built)
         fresh = list({job.pk: job for job in built if job.created and job.state == Job.State.QUEUED}.values())
         if fresh:
-            transaction.on_commit(partial(job_publish_many, jobs=fresh, written_queued=True))
+            lease = publish_lease_insert(fresh)
+            transaction.on_commit(partial(job_publish_many, jobs=fresh, lease=lease))
     return built
 
 
@@ -292,8 +296,6 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) ->
         state=Job.State.SCHEDULED if delayed else Job.State.QUEUED,
         run_at=now + delay if delayed else None,
         queued_at=None if delayed else now,
-        # The enqueuing process holds the publish lease; the relay takes over if it never publishes.
-        publishing_since=None if delayed else now,
         created_at=now,
     )
     if owner is not None:
@@ -303,20 +305,22 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) ->
 
 
 def _job_new(**values: Any) -> Job:
-    """``Job(**values)`` at a quarter of the cost (the largest part of an enqueue_many once its
-    rows went by COPY): the model's positional form, the one Django loads rows with. Fields left out take their default;
-    those whose default is a callable (the id, the payload, created_at) must be given."""
-    names, defaults = _job_fields()
-    row = defaults | values
-    return Job(*[row[name] for name in names])
+    """``Job(**values)`` at a seventh of the cost (``Model.__init__`` sets each of 28 fields through
+    its descriptor and sends two signals, none of which a new Job has use for: the largest part of
+    an enqueue_many once its rows went by COPY). Fields left out take their default; those whose
+    default is a callable (the id, the payload, created_at) must be given."""
+    job = Job.__new__(Job)
+    job._state = ModelState()
+    job.__dict__.update(_job_defaults() | values)
+    return job
 
 
 @cache
-def _job_fields() -> tuple[list[str], dict[str, Any]]:
-    """The model's field attributes in order, and the defaults that are not callables."""
-    fields = Job._meta.concrete_fields
-    constant = {f.attname: f.get_default() for f in fields if not (f.has_default() and callable(f.default))}
-    return [field.attname for field in fields], constant
+def _job_defaults() -> dict[str, Any]:
+    """The defaults of the model's fields that are not callables, by attribute name."""
+    return {
+        f.attname: f.get_default() for f in Job._meta.concrete_fields if not (f.has_default() and callable(f.default))
+    }
 
 
 def _pipelined(producer, messages: int) -> AbstractContextManager:
@@ -338,14 +342,14 @@ def job_publish(*, job: Job) -> bool:
     return job_publish_many(jobs=[job])
 
 
-def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, written_queued: bool = False) -> bool:
+def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, lease: int | None = None) -> bool:
     """Send the jobs' messages in one Redis pipeline, then mark them queued and free their lease.
 
     First attempts of a task with ``batch_size > 1`` travel many to a message (see
-    tasks.services.batches), unless ``alone``. ``written_queued``: rows an enqueue wrote queued
-    already, whose leases are released in the background (tasks.services.leases). On a broker
-    error nothing is marked: the jobs are pending with their leases freed, so the relay retries
-    at once, and each job's ``publish_error`` says why.
+    tasks.services.batches), unless ``alone``. ``lease``: the PublishLease of rows an enqueue
+    wrote queued already, released once they are out (tasks.services.leases); without it, the rows'
+    own ``publishing_since``. On a broker error nothing is marked: the jobs are pending with their
+    leases freed, so the relay retries at once, and each job's ``publish_error`` says why.
     """
     from project.celery import app
 
@@ -374,26 +378,31 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, written_queued
                     queue=first.queue,
                     priority=first.priority,
                     producer=producer,
+                    argsrepr="()",
+                    kwargsrepr=batch_kwargsrepr(batch),
                     **no_limits,
                 )
     except (OperationalError, BatchPublishError) as exc:
         # A batch cut off mid-flush may have delivered part of it: publishing again is at-least-once,
         # and the worker's ledger check drops a copy of a job that already finished.
         logger.warning("%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(jobs), exc)
-        if written_queued:
-            back = {"state": Job.State.PENDING, "queued_at": None, "publishing_since": None}
-            job_rows_update(ids, Q(state=Job.State.QUEUED), **back)
+        if lease is not None:
+            with transaction.atomic():
+                job_rows_update(ids, Q(state=Job.State.QUEUED), state=Job.State.PENDING, queued_at=None)
+                lease_release([lease])
         else:
             job_rows_update(ids, Q(), publishing_since=None)
         for job in jobs:
             job.publish_error = str(exc)
-            if written_queued and job.state == Job.State.QUEUED:
+            if lease is not None and job.state == Job.State.QUEUED:
                 job.state, job.queued_at = Job.State.PENDING, None
         return False
-    if written_queued:
-        lease_releases.add(ids)
-    else:
+    if lease is None:
         _mark_published(ids, published_at)
+    elif len(jobs) > 1:
+        lease_release_logged([lease])  # one row for all of them: nothing to gain by waiting
+    else:
+        lease_releases.add([lease])
     for job in jobs:
         job.publish_error = ""
         if job.state in UNPUBLISHED_STATES:

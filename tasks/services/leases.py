@@ -1,11 +1,11 @@
-"""Publish leases released in the background, many to a statement.
+"""Releasing publish leases: at once for a call's many jobs, in the background for single ones.
 
-``job_enqueue`` and ``job_enqueue_many`` write their rows already ``queued``, holding the publish
-lease (``publishing_since``), and publish after commit. What is left once the message is out,
-releasing the lease, only tells the relay not to publish the job again; a request should not wait
-a second round trip and a second commit for it. So the publishing process hands the ids to a
-background thread, which releases every lease handed to it in the last ``RELEASE_INTERVAL`` in
-one UPDATE.
+``job_enqueue`` and ``job_enqueue_many`` write their rows already ``queued``, with a PublishLease
+on them, and publish after commit. What is left once the messages are out, deleting the lease,
+only tells the relay not to publish the jobs again. A lease of many jobs is one row for all of
+them, deleted at once. A request that enqueued one job should not wait a second round trip and a
+second commit for it: its process hands the lease to a background thread, which deletes every
+lease handed to it in the last ``RELEASE_INTERVAL`` in one statement.
 
 A process that dies with leases unreleased (its marks at most ``RELEASE_INTERVAL`` old; a clean
 exit releases them) leaves those jobs to the relay: one still waiting in its queue when the lease
@@ -18,11 +18,11 @@ import atexit
 import logging
 import os
 import threading
+from collections.abc import Sequence
 
 from django.db import DatabaseError, connection
-from django.db.models import Q
 
-from tasks.services.job_rows import job_rows_update
+from tasks.models import PublishLease
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +55,8 @@ class LeaseReleases:
             ids, self._ids = self._ids, []
         if not ids:
             return 0
-        try:
-            self.statements += 1
-            job_rows_update(ids, Q(publishing_since__isnull=False), publishing_since=None)
-        except DatabaseError as exc:
-            logger.warning("%d publish lease(s) not released (%s); the relay may publish them again", len(ids), exc)
+        self.statements += 1
+        if not lease_release_logged(ids):
             connection.close()  # maybe broken (a database restart): the next flush opens a new one
         return len(ids)
 
@@ -93,6 +90,22 @@ class LeaseReleases:
         """A forked child inherits the ids but not the thread (the parent releases them)."""
         self._lock, self._stopping = threading.Lock(), threading.Event()
         self._ids, self._thread = [], None
+
+
+def lease_release(ids: Sequence[int]) -> None:
+    """Delete these leases now, in the caller's transaction if any."""
+    PublishLease.objects.filter(pk__in=ids).delete()
+
+
+def lease_release_logged(ids: Sequence[int]) -> bool:
+    """Delete these leases now; a database error is logged, not raised (the messages are out: the
+    relay publishing the jobs again when the leases expire is the worst that can follow)."""
+    try:
+        lease_release(ids)
+    except DatabaseError as exc:
+        logger.warning("%d publish lease(s) not released (%s); the relay may publish them again", len(ids), exc)
+        return False
+    return True
 
 
 lease_releases = LeaseReleases()

@@ -1,6 +1,7 @@
 """Multi-job messages: short jobs of one enqueue_many travel many to a message, their ledger is
 written in bulk, and nothing is lost when the worker running a batch dies."""
 
+import json
 import os
 import signal
 import time
@@ -61,6 +62,15 @@ def test_short_jobs_travel_a_hundred_to_a_message_and_each_is_recorded(broker, s
     attempts = JobAttempt.objects.filter(job__in=done)
     assert attempts.count() == 250
     assert set(attempts.values_list("outcome", flat=True)) == {JobAttempt.Outcome.SUCCEEDED}
+
+
+def test_a_batch_message_shows_flower_its_task_size_and_first_and_last_jobs(broker):
+    jobs = job_enqueue_many(requests=noops(3))
+
+    (key,) = [key for key in broker.scan_iter(f"{QUEUE}*") if broker.type(key) == b"list"]
+    headers = json.loads(broker.lindex(key, 0))["headers"]
+    assert headers["kwargsrepr"] == f"{{'task': 'ops.noop', 'jobs': '3 jobs, {jobs[0].pk} ... {jobs[2].pk}'}}"
+    assert headers["argsrepr"] == "()"
 
 
 def test_a_job_cancelled_before_its_batch_ran_is_skipped(start_worker):

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import connection
 
 from project.statement_counter import COUNTER_KEY
-from tasks.models import Job
+from tasks.models import Job, PublishLease
 from tasks.queues import QueueName
 from tasks.services.jobs import job_enqueue
 from tasks.services.leases import lease_releases
@@ -17,6 +17,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 JOBS = 200
 
 
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="the goal is PostgreSQL's: on SQLite the ledger takes the ORM's longer path",
+)
 def test_a_job_sent_alone_costs_at_most_four_statements_over_its_whole_life(start_worker, broker):
     """Enqueue here (counted by an execute wrapper, and the lease thread's own count), run and
     finish in the worker (counted by its statement counter in Redis)."""
@@ -31,8 +35,9 @@ def test_a_job_sent_alone_costs_at_most_four_statements_over_its_whole_life(star
         jobs = [job_enqueue(task_name="ops.noop") for _ in range(JOBS)]
     start_worker(QueueName.DEFAULT, name="counted", env={"DB_STATEMENT_COUNTER_URL": settings.REDIS_URL})
     ids = [job.pk for job in jobs]
-    done = Job.objects.filter(pk__in=ids, state=Job.State.SUCCEEDED, publishing_since__isnull=True)
-    wait_until(lambda: done.count() == JOBS, timeout=60, what=f"{JOBS} jobs to succeed, their leases released")
+    done = Job.objects.filter(pk__in=ids, state=Job.State.SUCCEEDED)
+    wait_until(lambda: done.count() == JOBS, timeout=60, what=f"{JOBS} jobs to succeed")
+    wait_until(lambda: not PublishLease.objects.exists(), timeout=5, what="the publish leases to be released")
 
     releases = lease_releases.statements - releases_before
     statements = len(enqueued) + releases + int(broker.get(COUNTER_KEY) or 0)

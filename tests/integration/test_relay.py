@@ -8,9 +8,9 @@ import requests
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from tasks.models import ApiToken, Job
+from tasks.models import ApiToken, Job, PublishLease
 from tasks.queues import QueueName
-from tasks.services.jobs import _mark_published, job_enqueue
+from tasks.services.jobs import JobRequest, _mark_published, job_enqueue, job_enqueue_many
 from tasks.services.relay import PUBLISH_LEASE
 from tests.support.processes import wait_until
 
@@ -91,28 +91,42 @@ def test_enqueue_writes_the_row_queued_and_releases_its_lease_in_the_background(
     job = job_enqueue(task_name="ops.ping")
 
     row = Job.objects.get(pk=job.pk)
-    assert (row.state, broker.llen("default:5")) == (Job.State.QUEUED, 1)
+    assert (row.state, row.publishing_since, broker.llen("default:5")) == (Job.State.QUEUED, None, 1)
     wait_until(
-        lambda: Job.objects.filter(pk=job.pk, publishing_since__isnull=True).exists(),
-        timeout=5,
-        what="the background thread to release the publish lease",
+        lambda: not PublishLease.objects.exists(), timeout=5, what="the background thread to release the publish lease"
     )
 
 
-def test_relay_publishes_a_queued_job_whose_publisher_died_before_releasing_its_lease(start_relay, broker):
+def test_enqueue_many_releases_its_one_lease_before_it_returns(broker):
+    jobs = job_enqueue_many(requests=[JobRequest("ops.ping")] * 3)
+
+    assert broker.llen("default:5") == 3
+    assert not PublishLease.objects.exists()
+    assert set(Job.objects.filter(pk__in=[job.pk for job in jobs]).values_list("state", flat=True)) == {
+        Job.State.QUEUED
+    }
+
+
+def test_relay_publishes_the_queued_jobs_of_an_expired_enqueue_lease(start_relay, broker):
     expired = timezone.now() - PUBLISH_LEASE - timedelta(seconds=1)
-    orphan = unpublished(state=Job.State.QUEUED, publishing_since=expired)
-    in_flight = unpublished(state=Job.State.QUEUED, publishing_since=timezone.now())
-    released = unpublished(state=Job.State.QUEUED, publishing_since=None)
+    orphan, started = unpublished(state=Job.State.QUEUED), unpublished(state=Job.State.STARTED)
+    in_flight = unpublished(state=Job.State.QUEUED)
+    released = unpublished(state=Job.State.QUEUED)
+    PublishLease.objects.create(since=expired, job_ids=[str(orphan.pk), str(started.pk)])
+    fresh = PublishLease.objects.create(since=timezone.now(), job_ids=[str(in_flight.pk)])
 
     assert start_relay("--once").popen.wait(60) == 0
 
     assert broker.llen("default:5") == 1
     published = json.loads(broker.lindex("default:5", 0))["headers"]["id"]
     assert published == str(orphan.pk)
-    assert Job.objects.get(pk=orphan.pk).publishing_since is None
-    assert Job.objects.get(pk=in_flight.pk).publishing_since == in_flight.publishing_since
-    assert Job.objects.get(pk=released.pk).state == Job.State.QUEUED
+    assert list(PublishLease.objects.values_list("pk", flat=True)) == [fresh.pk]
+    states = dict(Job.objects.values_list("pk", "state"))
+    assert (states[orphan.pk], states[started.pk], states[released.pk]) == (
+        Job.State.QUEUED,
+        Job.State.STARTED,
+        Job.State.QUEUED,
+    )
 
 
 @pytest.mark.parametrize("count", [1, 3])
