@@ -126,7 +126,9 @@ def _field_error(error: dict[str, Any]) -> dict[str, Any]:
     if source == "body" and loc and loc[0] == "body":
         loc.pop(0)  # the view's parameter name
     field = ".".join(map(str, loc)) or source
-    out: dict[str, Any] = {"field": field, "message": error.get("msg", "invalid")}
+    # Not pydantic's "a valid dictionary or instance of <model>": the model's name means nothing here.
+    message = "must be a JSON object" if error.get("type") == "model_type" else error.get("msg", "invalid")
+    out: dict[str, Any] = {"field": field, "message": message}
     if len(loc) >= 2 and loc[0] == "jobs" and isinstance(loc[1], int):
         out["index"] = loc[1]
     return out

@@ -6,7 +6,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from django.db import transaction
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import Field, Query, Schema, Status
 from ninja.pagination import PageNumberPagination, paginate
@@ -30,7 +30,9 @@ JOBS_PAGE_SIZE = 50
 JOBS_MAX_PAGE_SIZE = 200
 
 
-class JobIn(Schema):
+# A job to enqueue: a plain pydantic model, as the answers below. ninja's Schema wraps each object
+# it validates in a getter for ORM attributes, a seventh of a 1,000-job batch request's time.
+class BatchJobIn(BaseModel):
     task: str = Field(description="A public task name, e.g. ops.ping.")
     payload: dict[str, Any] | None = Field(None, description="Arguments, checked against the task's schema.")
     queue: str | None = Field(None, description="critical, default or bulk; the task's route when left out.")
@@ -66,14 +68,18 @@ class JobIn(Schema):
         )
 
 
-class BatchIn(Schema):
-    jobs: list[JobIn] = Field(
+# The body of POST /api/jobs: a Schema, whose getter names the missing ``task`` of a body that is
+# not an object (a list), where pydantic would name the model.
+class JobIn(Schema, BatchJobIn):
+    pass
+
+
+class BatchIn(BaseModel):
+    jobs: list[BatchJobIn] = Field(
         min_length=1, max_length=BATCH_MAX_JOBS, description=f"1 to {BATCH_MAX_JOBS} jobs, all enqueued or none."
     )
 
 
-# Plain pydantic models for answers built from dicts: ninja's Schema wraps every object in a getter
-# for ORM attributes, a tenth of the time of a 1,000-job batch request.
 class JobAccepted(BaseModel):
     id: UUID
     state: str
@@ -146,9 +152,8 @@ _ANY_ID = UUID(int=0)
 _BROKER_DOWN = "the broker is unavailable; recorded as pending, the relay publishes when Redis is back"
 
 
-def _accepted(job: Job, url_prefix: str | None = None) -> dict[str, Any]:
-    """``url_prefix``: from _job_url_prefix, once for all the jobs of a batch."""
-    return {"id": job.id, "state": job.state, "url": f"{url_prefix or _job_url_prefix()}{job.id}"}
+def _accepted(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "state": job.state, "url": f"{_job_url_prefix()}{job.id}"}
 
 
 def _job_url_prefix() -> str:
@@ -213,11 +218,17 @@ def job_create_batch(request: HttpRequest, body: BatchIn):
         for index, job in enumerate(jobs):
             if _held_by_someone_else(job, request.user):
                 raise IdempotencyKeyInUse(index)  # rolls the whole batch back: nothing is published
-    url_prefix = _job_url_prefix()
-    accepted = {"jobs": [_accepted(job, url_prefix) for job in jobs]}
     if any(job.publish_error for job in jobs):
-        return Status(503, {**accepted, "code": "broker_unavailable", "detail": _BROKER_DOWN})
-    return Status(202, accepted)
+        return _batch_answer(request, 503, jobs, code="broker_unavailable", detail=_BROKER_DOWN)
+    return _batch_answer(request, 202, jobs)
+
+
+def _batch_answer(request: HttpRequest, status: int, jobs: list[Job], **extra: str) -> HttpResponse:
+    """A batch's answer (BatchAccepted or BatchNotPublished) rendered as it is: ninja would check the
+    1,000 items just built here against the schema first, a third of a batch request's time."""
+    url_prefix = _job_url_prefix()
+    answer = {"jobs": [{"id": str(job.id), "state": job.state, "url": f"{url_prefix}{job.id}"} for job in jobs]}
+    return api.create_response(request, {**answer, **extra}, status=status)
 
 
 @api.get("/jobs", response={200: list[JobOut], 401: Error, 422: Unprocessable}, url_name="job_list")

@@ -77,6 +77,7 @@ def test_an_empty_or_shapeless_batch_answers_422(client, auth, broker, body):
         ({"task": "ops.ping", "delay_seconds": -5}, "invalid_request", "delay_seconds"),
         ({"task": 42}, "invalid_request", "task"),
         ({"queue": "bulk"}, "invalid_request", "task"),
+        (["ops.ping"], "invalid_request", "must be a JSON object"),
     ],
 )
 def test_one_bad_item_answers_422_with_its_index_and_enqueues_nothing(client, auth, broker, bad, code, named):
