@@ -1,6 +1,7 @@
 """The job ledger: one row per job, from the request that asks for it to long after Redis forgot it."""
 
 import uuid
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -187,13 +188,23 @@ class PublishLease(models.Model):
     """
 
     since = models.DateTimeField("since")
-    job_ids = models.JSONField("job ids", help_text="The ids of the jobs it covers, as text.")
+    # Packed, not a JSON list: a call's 1,000 ids cost PostgreSQL a quarter of the time this way.
+    jobs = models.BinaryField("jobs", help_text="The ids of the jobs it covers, 16 bytes each.")
 
     class Meta:
         verbose_name = "publish lease"
 
     def __str__(self) -> str:
-        return f"publish lease {self.pk} of {len(self.job_ids)} job(s) since {self.since:%Y-%m-%d %H:%M:%S}"
+        return f"publish lease {self.pk} of {len(self.jobs) // 16} job(s) since {self.since:%Y-%m-%d %H:%M:%S}"
+
+    @staticmethod
+    def packed(job_ids: Iterable[uuid.UUID]) -> bytes:
+        return b"".join(job_id.bytes for job_id in job_ids)
+
+    @property
+    def job_ids(self) -> list[uuid.UUID]:
+        packed = bytes(self.jobs)
+        return [uuid.UUID(bytes=packed[start : start + 16]) for start in range(0, len(packed), 16)]
 
 
 class JobAttempt(models.Model):

@@ -66,7 +66,7 @@ def job_row_insert(job: Job, *, leased: bool) -> int | None:
 
 def publish_lease_insert(jobs: Sequence[Job]) -> int:
     """A PublishLease on these jobs from now, in the caller's transaction; returns its id."""
-    return PublishLease.objects.create(since=timezone.now(), job_ids=[str(job.pk) for job in jobs]).pk
+    return PublishLease.objects.create(since=timezone.now(), jobs=PublishLease.packed(job.pk for job in jobs)).pk
 
 
 def job_rows_update(ids: Sequence, where: Q, **values: Any) -> int:
@@ -108,8 +108,10 @@ def _json_columns() -> list[tuple[int, Any]]:
 
 
 def _json_encoder(field: JSONField):
+    encoder = (field.encoder or json.JSONEncoder)()  # one instance: json.dumps(cls=...) makes one a call
+
     def encode(value: Any) -> str | None:
-        return None if value is None else json.dumps(value, cls=field.encoder)
+        return None if value is None else encoder.encode(value)
 
     return encode
 
@@ -130,7 +132,7 @@ def _insert_leased_statement() -> str:
     leases = connection.ops.quote_name(PublishLease._meta.db_table)
     return (
         f"WITH job AS ({_insert_statement()} RETURNING id) "  # noqa: S608 - names from the models
-        f"INSERT INTO {leases} (since, job_ids) SELECT %s, jsonb_build_array(id) FROM job RETURNING id"
+        f"INSERT INTO {leases} (since, jobs) SELECT %s, uuid_send(id) FROM job RETURNING id"
     )
 
 

@@ -185,7 +185,8 @@ def job_enqueue_many(
         except EnqueueError as exc:
             exc.details["index"] = index
             raise
-        job.then = then
+        if then is not None:  # the descriptor's set is costly, and a new job's then is None already
+            job.then = then
         built.append(job)
     first_with_key: dict[tuple[str, str], Job] = {}
     for job in built:
@@ -238,9 +239,13 @@ def job_payload_validate(*, task_name: str, payload: Any, public_only: bool = Fa
     return data
 
 
+#: one encoder for every size: json.dumps makes a new one per call when given options
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def payload_size(payload: Any) -> int:
     """Bytes of the payload as compact UTF-8 JSON, as the message carries it."""
-    return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+    return len(_COMPACT_JSON.encode(payload).encode())
 
 
 def contains_nul(value: Any) -> bool:

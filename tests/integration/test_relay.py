@@ -112,8 +112,8 @@ def test_relay_publishes_the_queued_jobs_of_an_expired_enqueue_lease(start_relay
     orphan, started = unpublished(state=Job.State.QUEUED), unpublished(state=Job.State.STARTED)
     in_flight = unpublished(state=Job.State.QUEUED)
     released = unpublished(state=Job.State.QUEUED)
-    PublishLease.objects.create(since=expired, job_ids=[str(orphan.pk), str(started.pk)])
-    fresh = PublishLease.objects.create(since=timezone.now(), job_ids=[str(in_flight.pk)])
+    PublishLease.objects.create(since=expired, jobs=PublishLease.packed([orphan.pk, started.pk]))
+    fresh = PublishLease.objects.create(since=timezone.now(), jobs=PublishLease.packed([in_flight.pk]))
 
     assert start_relay("--once").popen.wait(60) == 0
 
