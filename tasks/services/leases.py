@@ -38,7 +38,7 @@ class LeaseReleases:
         self._ids: list = []
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        #: UPDATEs run so far, for the statements-per-job figures (this thread's connection is not
+        #: DELETEs run so far, for the statements-per-job figures (this thread's connection is not
         #: the one a caller's execute wrapper sees)
         self.statements = 0
 
