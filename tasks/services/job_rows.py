@@ -48,8 +48,8 @@ def job_row_insert(job: Job, *, leased: bool) -> int | None:
     (``save`` compiles the statement and prepares each field anew, a third of a single enqueue's
     time in Python). IntegrityError as ``save``'s on a conflict.
 
-    ``leased``: with a PublishLease on it since its ``created_at``, in the same statement; returns
-    the lease's id."""
+    ``leased``: with a PublishLease on it from its ``created_at`` (now), in the same statement on
+    PostgreSQL; returns the lease's id."""
     if connection.vendor != "postgresql":
         job.save(force_insert=True)
         return publish_lease_insert([job]) if leased else None
