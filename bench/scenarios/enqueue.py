@@ -6,8 +6,9 @@ Each side runs in alternating blocks (raw, then ours), so a burst of machine noi
 - ``job_enqueue_many``, a call per block;
 - ``POST /api/jobs/batch`` to the web process started from the Procfile, a request per block.
 
-Ours' blocks include releasing the publish leases of their jobs, which the publishing process
-otherwise does in the background while the next raw block runs.
+Ours' blocks include releasing the publish leases of their jobs. A call of many releases its own
+before it returns; single jobs' leases the publishing process would otherwise release in the
+background while the next raw block runs.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def run(bench: Bench, results: Results) -> None:
 
 
 def with_releases(enqueue) -> None:
-    """Enqueue, then release the publish leases the jobs hold at once: that write belongs to the
-    block's time, not to the raw block after it, during which the background thread would do it."""
+    """Enqueue, then release at once the publish leases still held (single jobs' ones): that write
+    belongs to the block's time, not to the raw block after it, during which the background thread
+    would do it."""
     from tasks.services.leases import lease_releases
 
     enqueue()
