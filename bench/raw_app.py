@@ -23,6 +23,8 @@ QUEUE = "raw"
 app = Celery("bench_raw", set_as_current=False)
 app.conf.update(
     broker_url=os.environ["REDIS_URL"],
+    # Stock kombu's: the bench process also loads the platform's, which installs its own for redis://.
+    broker_transport="kombu.transport.redis:Transport",
     result_backend=os.environ["REDIS_URL"],
     broker_connection_retry_on_startup=True,
     task_serializer="json",

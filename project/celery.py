@@ -4,7 +4,10 @@ import os
 
 from celery import Celery
 
+from tasks import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+broker.install()  # redis:// takes kombu's Redis transport with its clients reused
 
 app = Celery("project")
 app.config_from_object("celeryconfig")

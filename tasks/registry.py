@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from tasks.errors import PermanentError
 from tasks.models import Job
 from tasks.services import ledger
+from tasks.services.job_rows import ROW_IN_FLIGHT_HEADER
 
 #: name -> task, for every task enqueued through the ledger; filled by @ledger_task as the modules load
 LEDGER_TASKS: dict[str, LedgerTask] = {}
@@ -70,6 +71,7 @@ class LedgerTask(Task):
                 origin=self._origin(),
                 max_attempts=self.max_attempts or settings.TASK_MAX_ATTEMPTS,
                 max_worker_losses=settings.TASK_MAX_WORKER_LOSSES,
+                row_in_flight=bool(getattr(request, ROW_IN_FLIGHT_HEADER, False)),
             )
         except DatabaseError as exc:
             raise self._retry_through_broker(exc) from exc

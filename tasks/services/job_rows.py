@@ -15,16 +15,23 @@ row written so reads back equal to one the ORM wrote, which catches a field that
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache, partial
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import connection, transaction
 from django.db.models import JSONField, Q
 from django.utils import timezone
+from psycopg import errors, generators, pq
 
 from tasks.models import Job, PublishLease
+
+T = TypeVar("T")
+
+#: set on the message of a job published while its row was still being written: a worker that
+#: finds no row waits for it (tasks.services.ledger) instead of writing one from the message
+ROW_IN_FLIGHT_HEADER = "job_row_in_flight"
 
 
 def job_rows_insert(jobs: Sequence[Job]) -> None:
@@ -62,6 +69,62 @@ def job_row_insert(job: Job, *, leased: bool) -> int | None:
             lease = None
     job._state.adding, job._state.db = False, connection.alias
     return lease
+
+
+def job_row_insert_overlaps() -> bool:
+    """Whether job_row_insert_while applies: PostgreSQL, no transaction open (the statement
+    commits on its own), and client-side binding (Django's default), which writes the statement
+    out in full."""
+    return (
+        connection.vendor == "postgresql"
+        and connection.get_autocommit()
+        and not connection.in_atomic_block
+        and not connection.settings_dict["OPTIONS"].get("server_side_binding")
+    )
+
+
+def job_row_insert_while(job: Job, send: Callable[[], T]) -> tuple[int, T]:
+    """Insert one new job with its PublishLease and commit, with ``send`` (its publish) running
+    while PostgreSQL does: the statement is sent first, ``send`` runs, then its outcome is read.
+    Returns the lease's id and what ``send`` returned; a failed insert raises as ``save`` would,
+    after ``send`` ran (the message then carries ROW_IN_FLIGHT_HEADER for the worker to settle).
+
+    The INSERT and its commit take as long as the publish; one after the other, a single enqueue
+    took two and a half times a bare ``.delay()``. Only where job_row_insert_overlaps()."""
+    with connection.cursor() as cursor:
+        execute = partial(_insert_while, send)
+        for wrapper in reversed(connection.execute_wrappers):  # as any statement: the statement counter
+            execute = partial(wrapper, execute)
+        with connection.wrap_database_errors:
+            lease, sent = execute(
+                _insert_leased_statement(),
+                [*_row(job), job.created_at],
+                False,
+                {
+                    "connection": connection,
+                    "cursor": cursor,
+                },
+            )
+    job._state.adding, job._state.db = False, connection.alias
+    return lease, sent
+
+
+def _insert_while(send: Callable[[], T], sql: str, params: list, many: bool, context: dict) -> tuple[int, T]:
+    raw = connection.connection
+    query = context["cursor"].cursor.mogrify(sql, params).encode(raw.info.encoding)
+    with raw.lock:
+        # psycopg's own steps for an execute, split so that ``send`` runs between sending the
+        # query and waiting for its result (a simple query commits on its own in autocommit).
+        raw.pgconn.send_query(query)
+        raw.wait(generators.send(raw.pgconn))
+        try:
+            sent = send()
+        finally:
+            results = raw.wait(generators.fetch_many(raw.pgconn))
+    result = results[-1]
+    if result.status != pq.ExecStatus.TUPLES_OK:
+        raise errors.error_from_result(result, encoding=raw.info.encoding)
+    return int(result.get_value(0, 0)), sent
 
 
 def publish_lease_insert(jobs: Sequence[Job]) -> int:

@@ -1,8 +1,11 @@
 """Enqueueing: the only way a view, admin action or service starts a job.
 
 The ledger row is written in the caller's transaction and the message is published after commit,
-with the job id as the Celery task id. A row the publish never reached (Redis down, a crash in
-between) is published later by the relay (tasks.services.relay), which also releases delayed jobs.
+with the job id as the Celery task id. A single job enqueued outside any transaction is published
+while its INSERT commits (job_row_insert_while), and returned once both are done; a worker that
+gets its message first waits for the row (tasks.services.ledger). A row the publish never reached
+(Redis down, a crash in between) is published later by the relay (tasks.services.relay), which
+also releases delayed jobs.
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ from tasks.models.jobs import UNPUBLISHED_STATES
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.registry import BATCH_SIZES, LEDGER_TASKS, PUBLIC_TASKS
 from tasks.services.batches import BATCH_TASK, batch_kwargsrepr, batches_split
-from tasks.services.job_rows import job_row_insert, job_rows_insert, job_rows_update, publish_lease_insert
+from tasks.services.job_rows import (
+    ROW_IN_FLIGHT_HEADER,
+    job_row_insert,
+    job_row_insert_overlaps,
+    job_row_insert_while,
+    job_rows_insert,
+    job_rows_update,
+    publish_lease_insert,
+)
 from tasks.services.leases import lease_release, lease_release_logged, lease_releases
 
 logger = logging.getLogger(__name__)
@@ -106,7 +117,8 @@ def job_enqueue(
     after: Job | None = None,
     waiting_for: int = 0,
 ) -> Job:
-    """Validate, write the ledger row in the caller's transaction, publish after commit.
+    """Validate, write the ledger row in the caller's transaction, publish after commit (outside
+    a transaction: while it commits, see job_row_insert_while).
 
     Returns the job at once (``job.created`` is False when an earlier job with the same
     idempotency key is returned instead). ``public_only`` (the API) refuses the tasks only
@@ -127,6 +139,8 @@ def job_enqueue(
         job.state, job.queued_at = Job.State.WAITING, None
     # Written queued, the enqueuing process holding its publish lease (see PublishLease).
     leased = job.state == Job.State.QUEUED
+    if leased and idempotency_key is None and job_row_insert_overlaps():
+        return _job_insert_publishing(job)  # no transaction to wait for: publish while it commits
     if idempotency_key is None:
         lease = job_row_insert(job, leased=leased)  # in the caller's transaction, or committed at once
     else:
@@ -356,14 +370,28 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, lease: int | N
     own ``publishing_since``. On a broker error nothing is marked: the jobs are pending with their
     leases freed, so the relay retries at once, and each job's ``publish_error`` says why.
     """
+    published_at = timezone.now()  # before sending: a fast worker may start a job at once
+    return _settle(jobs, lease=lease, failure=_send(jobs, alone=alone), published_at=published_at)
+
+
+def _job_insert_publishing(job: Job) -> Job:
+    """Write a new queued job and publish it at the same time (job_row_insert_while). The message
+    says its row may still be on its way, for a worker that receives it first."""
+    published_at = timezone.now()
+    lease, failure = job_row_insert_while(job, partial(_send, [job], alone=True, row_in_flight=True))
+    _settle([job], lease=lease, failure=failure, published_at=published_at)
+    return job
+
+
+def _send(jobs: Sequence[Job], *, alone: bool, row_in_flight: bool = False) -> Exception | None:
+    """Publish the jobs' messages in one Redis pipeline; the broker's error, if it failed."""
     from project.celery import app
 
-    published_at = timezone.now()  # before sending: a fast worker may start a job at once
-    ids = [job.pk for job in jobs]
     singles, batches = (list(jobs), []) if alone else batches_split(jobs, BATCH_SIZES)
     # Time limits are the worker's to apply (its settings, the task's own): without None here,
     # Celery would stamp the publishing process's limits on each message.
     no_limits = {"time_limit": None, "soft_time_limit": None}
+    headers = {ROW_IN_FLIGHT_HEADER: True} if row_in_flight else None
     try:
         with app.producer_or_acquire() as producer, _pipelined(producer, len(singles) + len(batches)):
             for job in singles:
@@ -373,6 +401,7 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, lease: int | N
                     queue=job.queue,
                     priority=job.priority,
                     producer=producer,
+                    headers=headers,
                     **no_limits,
                 )
             for batch in batches:
@@ -388,9 +417,18 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, lease: int | N
                     **no_limits,
                 )
     except (OperationalError, BatchPublishError) as exc:
+        return exc
+    return None
+
+
+def _settle(jobs: Sequence[Job], *, lease: int | None, failure: Exception | None, published_at) -> bool:
+    """After a publish: on success mark the jobs published and free their lease; on failure
+    (rows committed) set them back to pending for the relay. Whether the publish succeeded."""
+    ids = [job.pk for job in jobs]
+    if failure is not None:
         # A batch cut off mid-flush may have delivered part of it: publishing again is at-least-once,
         # and the worker's ledger check drops a copy of a job that already finished.
-        logger.warning("%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(jobs), exc)
+        logger.warning("%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(jobs), failure)
         if lease is not None:
             with transaction.atomic():
                 job_rows_update(ids, Q(state=Job.State.QUEUED), state=Job.State.PENDING, queued_at=None)
@@ -398,7 +436,7 @@ def job_publish_many(*, jobs: Sequence[Job], alone: bool = False, lease: int | N
         else:
             job_rows_update(ids, Q(), publishing_since=None)
         for job in jobs:
-            job.publish_error = str(exc)
+            job.publish_error = str(failure)
             if lease is not None and job.state == Job.State.QUEUED:
                 job.state, job.queued_at = Job.State.PENDING, None
         return False

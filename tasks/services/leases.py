@@ -1,11 +1,12 @@
 """Releasing publish leases: at once for a call's many jobs, in the background for single ones.
 
 ``job_enqueue`` and ``job_enqueue_many`` write their rows already ``queued``, with a PublishLease
-on them, and publish after commit. What is left once the messages are out, deleting the lease,
-only tells the relay not to publish the jobs again. A lease of many jobs is one row for all of
-them, deleted at once. A request that enqueued one job should not wait a second round trip and a
-second commit for it: its process hands the lease to a background thread, which deletes every
-lease handed to it in the last ``RELEASE_INTERVAL`` in one statement.
+on them, and publish after commit (a single job outside a transaction: while it commits). What is
+left once the messages are out, deleting the lease, only tells the relay not to publish the jobs
+again. A lease of many jobs is one row for all of them, deleted at once. A request that enqueued
+one job should not wait a second round trip and a second commit for it: its process hands the
+lease to a background thread, which deletes every lease handed to it in the last
+``RELEASE_INTERVAL`` in one statement.
 
 A process that dies with leases unreleased (its marks at most ``RELEASE_INTERVAL`` old; a clean
 exit releases them) leaves those jobs to the relay: one still waiting in its queue when the lease

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,6 +49,10 @@ class Attempt:
         return self.used >= self.allowed
 
 
+#: longest a worker waits for the row of a message sent while it was being written
+ROW_IN_FLIGHT_GRACE = 5.0
+
+
 def backoff_delay(attempt: int, *, base: float, ceiling: float) -> timedelta:
     """Exponential backoff with a ceiling and jitter (half to all of the step), so retries spread out."""
     step = min(ceiling, base * 2 ** max(attempt - 1, 0))
@@ -64,9 +69,11 @@ def job_begin_attempt(
     origin: str,
     max_attempts: int,
     max_worker_losses: int,
+    row_in_flight: bool = False,
 ) -> Attempt | None:
     """Check the ledger before running: None means do not run (cancelled, already finished, or
-    dead now because its workers kept dying); otherwise the job is started and the attempt recorded."""
+    dead now because its workers kept dying); otherwise the job is started and the attempt recorded.
+    ``row_in_flight``: the message was sent while its row was being written (see _job_row_awaited)."""
     now = timezone.now()
     if ledger_postgres.applies():
         started = ledger_postgres.begin_attempt(job_id=job_id, queue=queue, worker=worker, now=now)
@@ -76,12 +83,12 @@ def job_begin_attempt(
     with transaction.atomic():
         job = with_next_steps(Job.objects.select_for_update().filter(pk=job_id)).first()
         if job is None:
-            # A message that did not come through enqueue (beat, another producer) gets its row
-            # here, so the ledger knows every job that ran.
-            job = Job.objects.create(
-                id=job_id, task_name=task_name, queue=queue, payload=payload, origin=origin, queued_at=now
+            job = _job_row_awaited(job_id) if row_in_flight else None
+        if job is None:
+            job = _job_row_from_message(
+                Job(id=job_id, task_name=task_name, queue=queue, payload=payload, origin=origin, queued_at=now),
+                row_in_flight=row_in_flight,
             )
-            job.has_next = False
         if job.state in FINISHED_STATES:
             return None
         if job.state == Job.State.STARTED and jobs_close_lost_attempts([job], now=now, limit=max_worker_losses):
@@ -92,6 +99,34 @@ def job_begin_attempt(
         JobAttempt.objects.create(job=job, number=job.attempts, worker=worker, started_at=now)
     job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
     return Attempt.started(job, max_attempts=max_attempts)
+
+
+def _job_row_awaited(job_id: str) -> Job | None:
+    """The row of a job whose message came before its enqueue's commit was seen (the two are
+    concurrent, tasks.services.job_rows.job_row_insert_while), once it is there; None after
+    ROW_IN_FLIGHT_GRACE without it. It is a few milliseconds late at most, unless the
+    enqueue's INSERT failed."""
+    waited, pause = 0.0, 0.001
+    while waited < ROW_IN_FLIGHT_GRACE:
+        time.sleep(pause)
+        waited, pause = waited + pause, min(pause * 2, 0.5)
+        job = with_next_steps(Job.objects.select_for_update().filter(pk=job_id)).first()
+        if job is not None:
+            return job
+    return None
+
+
+def _job_row_from_message(job: Job, *, row_in_flight: bool) -> Job:
+    """A row for a message that came without one: a message that did not come through enqueue
+    (beat, another producer) gets its row here, so the ledger knows every job that ran. That of
+    an enqueue whose row never came gets a cancelled one, which also makes that INSERT fail if it
+    is only late: its caller is told it failed, so the job must not run. Inserted unless a
+    concurrent insert of the same id wins (waited for): the row that is there then is returned."""
+    if row_in_flight:
+        job.state, job.queued_at, job.finished_at = Job.State.CANCELLED, None, timezone.now()
+        job.error = "its enqueue did not complete: the message came, its ledger row never did"
+    Job.objects.bulk_create([job], ignore_conflicts=True)
+    return with_next_steps(Job.objects.select_for_update().filter(pk=job.pk)).get()
 
 
 def jobs_close_lost_attempts(jobs: list[Job], *, now: datetime, limit: int) -> list[Job]:
