@@ -9,7 +9,7 @@ import uuid
 from unittest import mock
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from tasks.models import Job, JobAttempt, PublishLease
@@ -46,7 +46,13 @@ def test_a_single_enqueue_returns_its_row_committed_and_its_message_marked(broke
     job = job_enqueue(task_name=TASK)
 
     assert (job.state, job.publish_error) == (Job.State.QUEUED, "")
-    assert Job.objects.filter(pk=job.pk, state=Job.State.QUEUED).exists()
+    other = connections.create_connection(DEFAULT_DB_ALIAS)  # sees only what is committed
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(f"SELECT state FROM {Job._meta.db_table} WHERE id = %s", [job.pk])  # noqa: S608
+            assert cursor.fetchall() == [(Job.State.QUEUED,)]
+    finally:
+        other.close()
     lists = [key for key in broker.scan_iter(f"{queue}*") if broker.type(key) == b"list"]
     messages = [message for key in lists for message in broker.lrange(key, 0, -1)]
     assert len(messages) == 1 and str(job.pk).encode() in messages[0]
