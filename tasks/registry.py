@@ -32,6 +32,9 @@ LEDGER_TASKS: dict[str, LedgerTask] = {}
 PUBLIC_TASKS: dict[str, LedgerTask] = {}
 #: the ledger tasks an admin may put on a schedule (public ones, and housekeeping)
 SCHEDULABLE_TASKS: dict[str, LedgerTask] = {}
+#: name -> payload schema of every ledger task (read at every enqueue: a plain dict, where each
+#: task's attribute is read through a Celery proxy)
+PAYLOAD_SCHEMAS: dict[str, type[BaseModel]] = {}
 #: name -> batch_size, for the tasks whose first attempts travel many to a message (read at every
 #: publish: a plain dict, where each task's attribute is read through a Celery proxy)
 BATCH_SIZES: dict[str, int] = {}
@@ -171,6 +174,7 @@ def ledger_task(
 
         task = shared_task(name=name, base=LedgerTask, bind=True, payload_schema=payload, **options)(run)
         LEDGER_TASKS[name] = task
+        PAYLOAD_SCHEMAS[name] = payload
         if options.get("batch_size", 1) > 1:
             BATCH_SIZES[name] = options["batch_size"]
         if public:

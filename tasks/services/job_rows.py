@@ -15,7 +15,7 @@ row written so reads back equal to one the ORM wrote, which catches a field that
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache, partial
 from operator import attrgetter
 from typing import Any, TypeVar
@@ -34,20 +34,23 @@ T = TypeVar("T")
 ROW_IN_FLIGHT_HEADER = "job_row_in_flight"
 
 
-def job_rows_insert(jobs: Sequence[Job]) -> None:
-    """Insert new jobs (no idempotency key among them) in the caller's transaction."""
+def job_rows_insert(jobs: Iterable[Job]) -> list[Job]:
+    """Insert new jobs (no idempotency key among them) in the caller's transaction, each as the
+    iterable yields it; returns them."""
     if connection.vendor != "postgresql":
+        jobs = list(jobs)
         Job.objects.bulk_create(jobs)
-        return
-    sql = _copy_statement()
+        return jobs
+    written: list[Job] = []
     with connection.cursor() as cursor:
         # Through the connection's execute wrappers, as any statement (the statement counter).
-        execute = partial(_copy, jobs)
+        execute = partial(_copy, jobs, written)
         for wrapper in reversed(connection.execute_wrappers):
             execute = partial(wrapper, execute)
-        execute(sql, None, False, {"connection": connection, "cursor": cursor})
-    for job in jobs:
+        execute(_copy_statement(), None, False, {"connection": connection, "cursor": cursor})
+    for job in written:
         job._state.adding, job._state.db = False, connection.alias
+    return written
 
 
 def job_row_insert(job: Job, *, leased: bool) -> int | None:
@@ -138,10 +141,11 @@ def job_rows_update(ids: Sequence, where: Q, **values: Any) -> int:
         return Job.objects.filter(pk__in=matching.order_by("pk").select_for_update().values("pk")).update(**values)
 
 
-def _copy(jobs: Sequence[Job], sql: str, params: Any, many: bool, context: dict) -> None:
+def _copy(jobs: Iterable[Job], written: list[Job], sql: str, params: Any, many: bool, context: dict) -> None:
     with context["cursor"].cursor.copy(sql) as copy:
         for job in jobs:
             copy.write_row(_row(job))
+            written.append(job)
 
 
 def _row(job: Job) -> list:

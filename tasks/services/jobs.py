@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from tasks.models import Job
 from tasks.models.jobs import UNPUBLISHED_STATES
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
-from tasks.registry import BATCH_SIZES, LEDGER_TASKS, PUBLIC_TASKS
+from tasks.registry import BATCH_SIZES, LEDGER_TASKS, PAYLOAD_SCHEMAS, PUBLIC_TASKS
 from tasks.services.batches import BATCH_TASK, batch_kwargsrepr, batches_split
 from tasks.services.job_rows import (
     ROW_IN_FLIGHT_HEADER,
@@ -192,7 +192,27 @@ def job_enqueue_many(
 
     Returns the jobs in the order asked, an earlier job where an idempotency key repeats one.
     """
-    built = []
+    built = _jobs_build(requests, owner=owner, origin=origin, public_only=public_only, then=then)
+    with transaction.atomic():
+        if any(request.idempotency_key is not None for request in requests):
+            built = _jobs_insert_keyed(list(built))
+        else:
+            # Each row goes to PostgreSQL as soon as it is built: the database takes it in (on the
+            # other core) while the next one is validated. A job that fails validation raises out
+            # of the COPY, and the transaction takes back what it wrote.
+            built = job_rows_insert(built)
+        fresh = list({job.pk: job for job in built if job.created and job.state == Job.State.QUEUED}.values())
+        if fresh:
+            lease = publish_lease_insert(fresh)
+            transaction.on_commit(partial(job_publish_many, jobs=fresh, lease=lease))
+    return built
+
+
+def _jobs_build(
+    requests: Sequence[JobRequest], *, owner, origin: str, public_only: bool, then: Job | None
+) -> Iterator[Job]:
+    """The requests validated into unsaved jobs, one at a time; an invalid one raises EnqueueError
+    with its index."""
     for index, request in enumerate(requests):
         try:
             job = _job_build(request, owner=owner, origin=origin, public_only=public_only)
@@ -201,23 +221,19 @@ def job_enqueue_many(
             raise
         if then is not None:  # the descriptor's set is costly, and a new job's then is None already
             job.then = then
-        built.append(job)
+        yield job
+
+
+def _jobs_insert_keyed(built: list[Job]) -> list[Job]:
+    """Insert jobs of which some have an idempotency key: where a key is taken (by an earlier job,
+    or earlier in this list), that job is returned in its place."""
     first_with_key: dict[tuple[str, str], Job] = {}
     for job in built:
         if job.idempotency_key is not None:
             first_with_key.setdefault((job.task_name, job.idempotency_key), job)
-    with transaction.atomic():
-        if first_with_key:
-            Job.objects.bulk_create(built, ignore_conflicts=True)
-            holders = _jobs_holding_keys(first_with_key)
-            built = [holders[j.task_name, j.idempotency_key] if j.idempotency_key is not None else j for j in built]
-        else:
-            job_rows_insert(built)
-        fresh = list({job.pk: job for job in built if job.created and job.state == Job.State.QUEUED}.values())
-        if fresh:
-            lease = publish_lease_insert(fresh)
-            transaction.on_commit(partial(job_publish_many, jobs=fresh, lease=lease))
-    return built
+    Job.objects.bulk_create(built, ignore_conflicts=True)
+    holders = _jobs_holding_keys(first_with_key)
+    return [holders[j.task_name, j.idempotency_key] if j.idempotency_key is not None else j for j in built]
 
 
 def _jobs_holding_keys(first_with_key: dict[tuple[str, str], Job]) -> dict[tuple[str, str], Job]:
@@ -236,19 +252,20 @@ def job_payload_validate(*, task_name: str, payload: Any, public_only: bool = Fa
     """The payload as the task's schema makes it (JSON-ready, as stored and sent), or UnknownTask /
     InvalidPayload. One check for every enqueue, so the property tests exercise exactly what the
     API runs; the worker validates the stored payload again with the same schema."""
-    task = (PUBLIC_TASKS if public_only else LEDGER_TASKS).get(task_name)
-    if task is None:
+    if task_name not in (PUBLIC_TASKS if public_only else LEDGER_TASKS):
         raise UnknownTask(f"unknown task {task_name!r}", tasks=sorted(PUBLIC_TASKS))
     try:
-        data = task.payload_schema.model_validate({} if payload is None else payload).model_dump(mode="json")
+        data = PAYLOAD_SCHEMAS[task_name].model_validate({} if payload is None else payload).model_dump(mode="json")
     except ValidationError as exc:
         errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
         raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=errors) from None
-    if contains_nul(data):
+    encoded = _COMPACT_JSON.encode(data)
+    # JSON escapes every NUL as \u0000: without that text there is none, and no walk is needed.
+    if "\\u0000" in encoded and contains_nul(data):
         # The ledger cannot store it (PostgreSQL's jsonb refuses NUL), so neither may the message.
         message = "strings must not contain NUL (\\u0000)"
         raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=[{"field": "", "message": message}])
-    if (size := payload_size(data)) > settings.JOB_MAX_PAYLOAD_BYTES:
+    if (size := len(encoded.encode())) > settings.JOB_MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(size, settings.JOB_MAX_PAYLOAD_BYTES)
     return data
 
@@ -395,7 +412,8 @@ def _send(jobs: Sequence[Job], *, alone: bool, row_in_flight: bool = False) -> E
     try:
         with app.producer_or_acquire() as producer, _pipelined(producer, len(singles) + len(batches)):
             for job in singles:
-                LEDGER_TASKS[job.task_name].apply_async(
+                # The app's own task: LEDGER_TASKS holds Celery proxies, which look it up at each access.
+                app.tasks[job.task_name].apply_async(
                     kwargs=job.payload,
                     task_id=str(job.pk),
                     queue=job.queue,

@@ -90,6 +90,20 @@ def test_enqueue_many_is_all_or_nothing(broker, bad, error):
     assert broker_ids(broker) == []
 
 
+def test_an_invalid_job_after_rows_already_sent_takes_them_all_back(broker):
+    # Rows go to PostgreSQL as they are built: 1,500 of them are on the server (past psycopg's
+    # COPY buffer) when the last one fails validation. The caller's transaction stays usable.
+    requests = [JobRequest("ops.ping")] * 1500 + [JobRequest("ops.ping", {"hold_seconds": -1})]
+    with transaction.atomic():
+        with pytest.raises(InvalidPayload) as raised:
+            job_enqueue_many(requests=requests)
+        after = job_enqueue(task_name="ops.ping")
+
+    assert raised.value.details["index"] == 1500
+    assert list(Job.objects.values_list("pk", flat=True)) == [after.pk]
+    assert broker_ids(broker) == [str(after.pk)]
+
+
 def test_retention_prunes_old_succeeded_jobs_only():
     old = timezone.now() - timedelta(days=31)
     recent = timezone.now() - timedelta(days=1)
