@@ -32,7 +32,7 @@ from django.utils import timezone
 from tasks.models import Job, JobAttempt
 from tasks.models.jobs import FINISHED_STATES
 from tasks.services.events import job_events_publish
-from tasks.services.ledger import Attempt, jobs_close_lost_attempts
+from tasks.services.ledger import Attempt, job_rows_tombstoned, jobs_close_lost_attempts, rows_awaited
 from tasks.services.workflows import with_next_steps, workflow_jobs_succeeded
 
 #: the Celery task that carries a batch: kwargs {"task": name, "jobs": [[job id, payload], ...]}
@@ -72,17 +72,36 @@ def batches_split(jobs: Sequence[Job], batch_sizes: dict[str, int]) -> tuple[lis
 
 
 def batch_claim(
-    *, jobs: Sequence[tuple[str, dict]], worker: str, queue: str, max_attempts: int, max_worker_losses: int
+    *,
+    task_name: str,
+    jobs: Sequence[tuple[str, dict]],
+    worker: str,
+    queue: str,
+    max_attempts: int,
+    max_worker_losses: int,
+    rows_in_flight: bool = False,
 ) -> dict[str, Attempt]:
     """Start the batch's runnable jobs (one transaction): job id -> its attempt. Finished and
     cancelled jobs are left out. A batch whose jobs the ledger has started already lost its worker:
-    nothing is claimed, and its unfinished jobs are published again one by one."""
+    nothing is claimed, and its unfinished jobs are published again one by one.
+
+    ``rows_in_flight``: the message was sent while its enqueue's transaction committed
+    (tasks.services.job_rows.job_rows_insert_while). Its rows, committed together, are waited for;
+    if they never come, the jobs are cancelled (tasks.services.ledger.job_rows_tombstoned)."""
     now = timezone.now()
     ids = [job_id for job_id, _ in jobs]
     with transaction.atomic():
         # Locked in id order, as the publisher marking them queued locks them (no deadlock).
         locked = with_next_steps(Job.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
         rows = list(locked.values_list(*CLAIM_FIELDS, named=True))
+        if not rows and rows_in_flight:
+            rows = rows_awaited(lambda: list(locked.values_list(*CLAIM_FIELDS, named=True)))
+            if not rows:
+                tombstones = [
+                    Job(id=job_id, task_name=task_name, queue=queue, payload=payload) for job_id, payload in jobs
+                ]
+                job_rows_tombstoned(tombstones)
+                rows = list(locked.values_list(*CLAIM_FIELDS, named=True))
         if any(row.state == Job.State.STARTED for row in rows):
             jobs = list(Job.objects.filter(pk__in=ids))  # the rare path: whole rows, already locked
             lost = [job for job in jobs if job.state == Job.State.STARTED]

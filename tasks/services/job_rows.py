@@ -14,6 +14,7 @@ row written so reads back equal to one the ORM wrote, which catches a field that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +22,7 @@ from functools import cache, partial
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import JSONField, Q
 from django.utils import timezone
 from psycopg import errors, generators, pq
@@ -45,11 +46,7 @@ def job_rows_insert(jobs: Iterable[Job]) -> list[Job]:
         return jobs
     written: list[Job] = []
     with connection.cursor() as cursor:
-        # Through the connection's execute wrappers, as any statement (the statement counter).
-        execute = partial(_copy, jobs, written)
-        for wrapper in reversed(connection.execute_wrappers):
-            execute = partial(wrapper, execute)
-        execute(_copy_statement(), None, False, {"connection": connection, "cursor": cursor})
+        _execute(partial(_copy, jobs, written), _copy_statement(), None, cursor)
     for job in written:
         job._state.adding, job._state.db = False, connection.alias
     return written
@@ -92,35 +89,77 @@ def job_row_insert_while(job: Job, send: Callable[[], T]) -> tuple[int, T]:
     enqueue took 2.8 times a bare ``.delay()``; overlapped, 2 times. Only where
     job_row_insert_overlaps()."""
     with connection.cursor() as cursor:
-        execute = partial(_insert_while, send)
-        for wrapper in reversed(connection.execute_wrappers):  # as any statement: the statement counter
-            execute = partial(wrapper, execute)
-        context = {"connection": connection, "cursor": cursor}
-        with connection.wrap_database_errors:
-            lease, sent = execute(_insert_leased_statement(), [*_row(job), job.created_at], False, context)
+        params = [*_row(job), job.created_at]
+        lease, sent = _execute(partial(_insert_while, send), _insert_leased_statement(), params, cursor)
     job._state.adding, job._state.db = False, connection.alias
     return lease, sent
 
 
+def job_rows_insert_while(
+    jobs: Iterable[Job], send: Callable[[list[Job]], T]
+) -> tuple[list[Job], int | None, T | None]:
+    """Insert new jobs (no idempotency key among them) and a PublishLease on the queued ones in a
+    transaction of their own, whose COMMIT runs while ``send(queued jobs)`` (their publish) does:
+    as job_row_insert_while, for many. Returns the jobs, the lease's id and what ``send`` returned
+    (None, and no lease, when none is queued); a failed COMMIT raises after ``send`` ran. Only where
+    job_row_insert_overlaps()."""
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")
+        try:
+            written = job_rows_insert(jobs)
+            queued = [job for job in written if job.state == Job.State.QUEUED]
+            lease = publish_lease_insert(queued) if queued else None
+        except BaseException:
+            with contextlib.suppress(DatabaseError):  # a broken connection has no transaction left
+                cursor.execute("ROLLBACK")
+            raise
+        if not queued:
+            cursor.execute("COMMIT")
+            return written, None, None
+        sent = _execute(partial(_commit_while, partial(send, queued)), "COMMIT", None, cursor)
+    return written, lease, sent
+
+
+def _execute(execute: Callable[..., T], sql: str, params: Any, cursor) -> T:
+    """Run ``execute`` as Django runs a statement: through the connection's execute wrappers (the
+    statement counter sees it), its errors Django's."""
+    for wrapper in reversed(connection.execute_wrappers):
+        execute = partial(wrapper, execute)
+    with connection.wrap_database_errors:
+        return execute(sql, params, False, {"connection": connection, "cursor": cursor})
+
+
 def _insert_while(send: Callable[[], T], sql: str, params: list, many: bool, context: dict) -> tuple[int, T]:
-    raw = connection.connection
     # Parameters sent apart from the statement (the extended protocol), as psycopg adapts them: a
     # tenth of a single enqueue's time less than writing them into its text (mogrify).
     adapt = Transformer(context["cursor"].cursor)
     values = adapt.dump_sequence(params, [PyFormat.AUTO] * len(params))
+    command = _numbered(sql)
+    result, sent = _while_postgres_runs(
+        lambda pgconn: pgconn.send_query_params(command, values, adapt.types, adapt.formats), send
+    )
+    return int(result.get_value(0, 0)), sent
+
+
+def _commit_while(send: Callable[[], T], sql: str, params: Any, many: bool, context: dict) -> T:
+    return _while_postgres_runs(lambda pgconn: pgconn.send_query(sql.encode()), send)[1]
+
+
+def _while_postgres_runs(start: Callable[[pq.PGconn], None], send: Callable[[], T]) -> tuple[Any, T]:
+    """Send a statement with ``start``, run ``send`` while PostgreSQL executes it, then read its
+    result (psycopg's own steps for an execute, split); its error raised as psycopg's."""
+    raw = connection.connection
     with raw.lock:
-        # psycopg's own steps for an execute, split so that ``send`` runs between sending the
-        # query and waiting for its result (one statement commits on its own in autocommit).
-        raw.pgconn.send_query_params(_numbered(sql), values, adapt.types, adapt.formats)
+        start(raw.pgconn)
         raw.wait(generators.send(raw.pgconn))
         try:
             sent = send()
         finally:
             results = raw.wait(generators.fetch_many(raw.pgconn))
     result = results[-1]
-    if result.status != pq.ExecStatus.TUPLES_OK:
+    if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
         raise errors.error_from_result(result, encoding=raw.info.encoding)
-    return int(result.get_value(0, 0)), sent
+    return result, sent
 
 
 @cache

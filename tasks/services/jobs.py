@@ -40,6 +40,7 @@ from tasks.services.job_rows import (
     job_row_insert_overlaps,
     job_row_insert_while,
     job_rows_insert,
+    job_rows_insert_while,
     job_rows_update,
     publish_lease_insert,
 )
@@ -194,15 +195,15 @@ def job_enqueue_many(
 
     Returns the jobs in the order asked, an earlier job where an idempotency key repeats one.
     """
+    # Without keys, each row goes to PostgreSQL as soon as it is built: the database takes it in
+    # (on the other core) while the next one is validated. A job that fails validation raises out
+    # of the COPY, and the transaction takes back what it wrote.
     built = _jobs_build(requests, owner=owner, origin=origin, public_only=public_only, then=then)
+    keyed = any(request.idempotency_key is not None for request in requests)
+    if not keyed and job_row_insert_overlaps():
+        return _jobs_insert_publishing(built)  # no transaction to wait for: publish while it commits
     with transaction.atomic():
-        if any(request.idempotency_key is not None for request in requests):
-            built = _jobs_insert_keyed(list(built))
-        else:
-            # Each row goes to PostgreSQL as soon as it is built: the database takes it in (on the
-            # other core) while the next one is validated. A job that fails validation raises out
-            # of the COPY, and the transaction takes back what it wrote.
-            built = job_rows_insert(built)
+        built = _jobs_insert_keyed(list(built)) if keyed else job_rows_insert(built)
         fresh = list({job.pk: job for job in built if job.created and job.state == Job.State.QUEUED}.values())
         if fresh:
             lease = publish_lease_insert(fresh)
@@ -402,6 +403,17 @@ def _job_insert_publishing(job: Job) -> Job:
     return job
 
 
+def _jobs_insert_publishing(built: Iterator[Job]) -> list[Job]:
+    """Write new jobs and publish the queued ones while their transaction commits
+    (job_rows_insert_while); their messages say their rows may still be on their way."""
+    published_at = timezone.now()
+    jobs, lease, failure = job_rows_insert_while(built, partial(_send, alone=False, row_in_flight=True))
+    queued = [job for job in jobs if job.state == Job.State.QUEUED]
+    if queued:
+        _settle(queued, lease=lease, failure=failure, published_at=published_at)
+    return jobs
+
+
 def _send(jobs: Sequence[Job], *, alone: bool, row_in_flight: bool = False) -> Exception | None:
     """Publish the jobs' messages in one Redis pipeline; the broker's error, if it failed."""
     from project.celery import app
@@ -441,6 +453,7 @@ def _send(jobs: Sequence[Job], *, alone: bool, row_in_flight: bool = False) -> E
                     queue=first.queue,
                     priority=first.priority,
                     producer=producer,
+                    headers=headers,
                     kwargsrepr=batch_kwargsrepr(batch),
                     **options,
                 )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -48,6 +49,8 @@ class Attempt:
     def last(self) -> bool:
         return self.used >= self.allowed
 
+
+T = TypeVar("T")
 
 #: longest a worker waits for the row of a message sent while it was being written
 ROW_IN_FLIGHT_GRACE = 5.0
@@ -104,29 +107,44 @@ def job_begin_attempt(
 def _job_row_awaited(job_id: str) -> Job | None:
     """The row of a job whose message came before its enqueue's commit was seen (the two are
     concurrent, tasks.services.job_rows.job_row_insert_while), once it is there; None after
-    ROW_IN_FLIGHT_GRACE without it. It is a few milliseconds late at most, unless the
-    enqueue's INSERT failed."""
+    ROW_IN_FLIGHT_GRACE without it."""
+    return rows_awaited(lambda: with_next_steps(Job.objects.select_for_update().filter(pk=job_id)).first())
+
+
+def rows_awaited(read: Callable[[], T]) -> T:
+    """``read()`` again after 1 ms, then after twice as long each time, until it finds something
+    or ROW_IN_FLIGHT_GRACE has passed; its last result. For rows whose message came before their
+    enqueue's commit was seen: a few milliseconds late at most, unless that commit failed."""
     waited, pause = 0.0, 0.001
-    while waited < ROW_IN_FLIGHT_GRACE:
+    found = read()
+    while not found and waited < ROW_IN_FLIGHT_GRACE:
         time.sleep(pause)
         waited, pause = waited + pause, min(pause * 2, 0.5)
-        job = with_next_steps(Job.objects.select_for_update().filter(pk=job_id)).first()
-        if job is not None:
-            return job
-    return None
+        found = read()
+    return found
 
 
 def _job_row_from_message(job: Job, *, row_in_flight: bool) -> Job:
     """A row for a message that came without one: a message that did not come through enqueue
     (beat, another producer) gets its row here, so the ledger knows every job that ran. That of
-    an enqueue whose row never came gets a cancelled one, which also makes that INSERT fail if it
-    is only late: its caller is told it failed, so the job must not run. Inserted unless a
+    an enqueue whose row never came gets a cancelled one (job_rows_tombstoned). Inserted unless a
     concurrent insert of the same id wins (waited for): the row that is there then is returned."""
     if row_in_flight:
-        job.state, job.queued_at, job.finished_at = Job.State.CANCELLED, None, timezone.now()
-        job.error = "its enqueue did not complete: the message came, its ledger row never did"
-    Job.objects.bulk_create([job], ignore_conflicts=True)
+        job_rows_tombstoned([job])
+    else:
+        Job.objects.bulk_create([job], ignore_conflicts=True)
     return with_next_steps(Job.objects.select_for_update().filter(pk=job.pk)).get()
+
+
+def job_rows_tombstoned(jobs: list[Job]) -> None:
+    """Cancelled rows for jobs (built from their messages) whose enqueue's rows never came: such a
+    job must not run, for its caller was told the enqueue failed. An insert still under way is
+    waited for and wins; one that is only late then fails, so its caller is told it failed too."""
+    now = timezone.now()
+    for job in jobs:
+        job.state, job.queued_at, job.finished_at = Job.State.CANCELLED, None, now
+        job.error = "its enqueue did not complete: the message came, its ledger row never did"
+    Job.objects.bulk_create(jobs, ignore_conflicts=True)
 
 
 def jobs_close_lost_attempts(jobs: list[Job], *, now: datetime, limit: int) -> list[Job]:

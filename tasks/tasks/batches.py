@@ -16,6 +16,7 @@ from tasks.models import Job
 from tasks.registry import LEDGER_OUTAGE_MAX_RETRIES, LEDGER_TASKS, LedgerTask
 from tasks.services import ledger
 from tasks.services.batches import BATCH_TASK, FLUSH_SECONDS, batch_abandon, batch_claim, batch_succeeded
+from tasks.services.job_rows import ROW_IN_FLIGHT_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,13 @@ def run_batch(self: BatchTask, task: str, jobs: list[list]) -> dict[str, int]:
     request = self.request
     try:
         attempts = batch_claim(
+            task_name=task,
             jobs=jobs,
             worker=request.hostname or "",
             queue=(request.delivery_info or {}).get("routing_key", ""),
             max_attempts=job_task.max_attempts or settings.TASK_MAX_ATTEMPTS,
             max_worker_losses=settings.TASK_MAX_WORKER_LOSSES,
+            rows_in_flight=bool(getattr(request, ROW_IN_FLIGHT_HEADER, False)),
         )
         failed = _run_claimed(job_task, jobs, attempts, request)
     except DatabaseError as exc:

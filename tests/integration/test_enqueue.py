@@ -1,6 +1,7 @@
 """The enqueue service: idempotency keys, bulk enqueue, retention of the ledger."""
 
 import json
+from contextlib import nullcontext
 from datetime import timedelta
 
 import pytest
@@ -90,11 +91,13 @@ def test_enqueue_many_is_all_or_nothing(broker, bad, error):
     assert broker_ids(broker) == []
 
 
-def test_an_invalid_job_after_rows_already_sent_takes_them_all_back(broker):
+@pytest.mark.parametrize("in_transaction", [True, False], ids=["callers-transaction", "its-own"])
+def test_an_invalid_job_after_rows_already_sent_takes_them_all_back(broker, in_transaction):
     # Rows go to PostgreSQL as they are built: 1,500 of them are on the server (past psycopg's
-    # COPY buffer) when the last one fails validation. The caller's transaction stays usable.
+    # COPY buffer) when the last one fails validation. The connection (and the caller's
+    # transaction) stays usable.
     requests = [JobRequest("ops.ping")] * 1500 + [JobRequest("ops.ping", {"hold_seconds": -1})]
-    with transaction.atomic():
+    with transaction.atomic() if in_transaction else nullcontext():
         with pytest.raises(InvalidPayload) as raised:
             job_enqueue_many(requests=requests)
         after = job_enqueue(task_name="ops.ping")
