@@ -107,7 +107,8 @@ def job_rows_insert_while(
         cursor.execute("BEGIN")
         try:
             written = job_rows_insert(jobs)
-            queued = [job for job in written if job.state == Job.State.QUEUED]
+            state = Job.State.QUEUED  # looked up once: an enum member costs a lookup each time
+            queued = [job for job in written if job.state == state]
             lease = publish_lease_insert(queued) if queued else None
         except BaseException:
             with contextlib.suppress(DatabaseError):  # a broken connection has no transaction left
@@ -195,8 +196,10 @@ def _copy(jobs: Iterable[Job], written: list[Job], sql: str, params: Any, many: 
 
 def _row(job: Job) -> list:
     row = list(_row_values()(job))
-    for index, encode in _json_columns():
-        row[index] = encode(row[index])
+    # A job enqueue built carries its payload's JSON text, made as it was validated.
+    payload_json = getattr(job, "payload_json", None)
+    for index, attname, encode in _json_columns():
+        row[index] = payload_json if attname == "payload" and payload_json is not None else encode(row[index])
     return row
 
 
@@ -207,10 +210,14 @@ def _row_values() -> attrgetter:
 
 
 @cache
-def _json_columns() -> list[tuple[int, Any]]:
-    """The JSON columns' positions, each with its field's encoder (UUIDs, aware datetimes, text
-    and numbers adapt as they are)."""
-    return [(index, _json_encoder(field)) for index, field in enumerate(_fields()) if isinstance(field, JSONField)]
+def _json_columns() -> list[tuple[int, str, Any]]:
+    """The JSON columns' positions and names, each with its field's encoder (UUIDs, aware
+    datetimes, text and numbers adapt as they are)."""
+    return [
+        (index, field.attname, _json_encoder(field))
+        for index, field in enumerate(_fields())
+        if isinstance(field, JSONField)
+    ]
 
 
 def _json_encoder(field: JSONField):

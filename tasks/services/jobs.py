@@ -255,6 +255,11 @@ def job_payload_validate(*, task_name: str, payload: Any, public_only: bool = Fa
     """The payload as the task's schema makes it (JSON-ready, as stored and sent), or UnknownTask /
     InvalidPayload. One check for every enqueue, so the property tests exercise exactly what the
     API runs; the worker validates the stored payload again with the same schema."""
+    return _payload_validated(task_name, payload, public_only)[0]
+
+
+def _payload_validated(task_name: str, payload: Any, public_only: bool) -> tuple[dict[str, Any], str]:
+    """job_payload_validate's payload, and its compact JSON text (which its ledger row takes)."""
     if task_name not in (PUBLIC_TASKS if public_only else LEDGER_TASKS):
         raise UnknownTask(f"unknown task {task_name!r}", tasks=sorted(PUBLIC_TASKS))
     try:
@@ -263,14 +268,14 @@ def job_payload_validate(*, task_name: str, payload: Any, public_only: bool = Fa
         errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
         raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=errors) from None
     encoded = _COMPACT_JSON.encode(data)
-    # JSON escapes every NUL as \u0000: without that text there is none, and no walk is needed.
+    # JSON escapes every NUL as \\u0000: without that text there is none, and no walk is needed.
     if "\\u0000" in encoded and contains_nul(data):
         # The ledger cannot store it (PostgreSQL's jsonb refuses NUL), so neither may the message.
         message = "strings must not contain NUL (\\u0000)"
         raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=[{"field": "", "message": message}])
     if (size := len(encoded.encode())) > settings.JOB_MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(size, settings.JOB_MAX_PAYLOAD_BYTES)
-    return data
+    return data, encoded
 
 
 #: one encoder for every size: json.dumps makes a new one per call when given options
@@ -295,7 +300,7 @@ def contains_nul(value: Any) -> bool:
 
 def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) -> Job:
     """Validate one request into an unsaved Job, or raise EnqueueError naming the problem."""
-    data = job_payload_validate(task_name=request.task_name, payload=request.payload, public_only=public_only)
+    data, data_json = _payload_validated(request.task_name, request.payload, public_only)
     queue = request.queue
     if queue is None:
         queue = task_queue(request.task_name)
@@ -324,6 +329,7 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) ->
         id=uuid.uuid4(),
         task_name=request.task_name,
         payload=data,
+        payload_json=data_json,
         queue=queue,
         priority=priority,
         owner_id=None if owner is None else owner.pk,
@@ -408,7 +414,8 @@ def _jobs_insert_publishing(built: Iterator[Job]) -> list[Job]:
     (job_rows_insert_while); their messages say their rows may still be on their way."""
     published_at = timezone.now()
     jobs, lease, failure = job_rows_insert_while(built, partial(_send, alone=False, row_in_flight=True))
-    queued = [job for job in jobs if job.state == Job.State.QUEUED]
+    state = Job.State.QUEUED  # looked up once: an enum member costs a lookup each time
+    queued = [job for job in jobs if job.state == state]
     if queued:
         _settle(queued, lease=lease, failure=failure, published_at=published_at)
     return jobs
