@@ -1,11 +1,11 @@
 """Enqueueing: the only way a view, admin action or service starts a job.
 
 The ledger row is written in the caller's transaction and the message is published after commit,
-with the job id as the Celery task id. A single job enqueued outside any transaction is published
-while its INSERT commits (job_row_insert_while), and returned once both are done; a worker that
-gets its message first waits for the row (tasks.services.ledger). A row the publish never reached
-(Redis down, a crash in between) is published later by the relay (tasks.services.relay), which
-also releases delayed jobs.
+with the job id as the Celery task id. Jobs enqueued outside any transaction are published while
+their rows commit (job_row_insert_while, job_rows_insert_while), and returned once both are done;
+a worker that gets a message first waits for its rows (tasks.services.ledger). A row the publish
+never reached (Redis down, a crash in between) is published later by the relay
+(tasks.services.relay), which also releases delayed jobs.
 """
 
 from __future__ import annotations
