@@ -33,11 +33,15 @@ class StrictJSONParser(Parser):
         def reject_constant(name: str) -> None:
             raise MalformedJSON(f"{name} is not valid JSON")
 
+        body = request.body
         try:
-            data = json.loads(request.body, parse_constant=reject_constant)
+            # Decoded as json.loads decodes bytes (UTF-8, or UTF-16/32 when it detects them).
+            text = body.decode(json.detect_encoding(body), "surrogatepass")
+            data = json.loads(text, parse_constant=reject_constant)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise MalformedJSON(str(exc)) from exc
-        if contains_nul(data):
+        # JSON can hold a NUL only escaped: a body without that text has none, and needs no walk.
+        if "\\u0000" in text and contains_nul(data):
             # Valid JSON, but no text column (nor PostgreSQL's jsonb) can hold it: refused here,
             # not as a database error in the middle of an enqueue.
             raise MalformedJSON("strings must not contain NUL (\\u0000)")

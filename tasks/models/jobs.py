@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 
@@ -176,6 +177,12 @@ class Job(models.Model):
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+    @cached_property
+    def id_text(self) -> str:
+        """The id as text, formatted once: an enqueued job's row, message and answer each need it
+        (each ``str`` of a UUID formats it anew, a twentieth of a batch request)."""
+        return str(self.id)
 
 
 class PublishLease(models.Model):

@@ -26,6 +26,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import JSONField, Q
 from django.utils import timezone
 from psycopg import errors, generators, pq
+from psycopg import sql as psycopg_sql
 from psycopg.adapt import PyFormat, Transformer
 
 from tasks.models import Job, PublishLease
@@ -47,8 +48,9 @@ def job_rows_insert(jobs: Iterable[Job]) -> list[Job]:
     written: list[Job] = []
     with connection.cursor() as cursor:
         _execute(partial(_copy, jobs, written), _copy_statement(), None, cursor)
+    alias = connection.alias  # read once: each read of the proxy looks the connection up
     for job in written:
-        job._state.adding, job._state.db = False, connection.alias
+        job._state.adding, job._state.db = False, alias
     return written
 
 
@@ -109,15 +111,17 @@ def job_rows_insert_while(
             written = job_rows_insert(jobs)
             state = Job.State.QUEUED  # looked up once: an enum member costs a lookup each time
             queued = [job for job in written if job.state == state]
-            lease = publish_lease_insert(queued) if queued else None
+            if not queued:
+                cursor.execute("COMMIT")
+                return written, None, None
+            # The lease's INSERT goes with the COMMIT, in one message: no round trip of its own.
+            statements = _lease_insert_and_commit(queued, cursor.cursor)
+            results, sent = _execute(partial(_query_while, partial(send, queued)), statements, None, cursor)
+            lease = int(results[0].get_value(0, 0))
         except BaseException:
-            with contextlib.suppress(DatabaseError):  # a broken connection has no transaction left
+            with contextlib.suppress(DatabaseError):  # none left after a failed COMMIT (a warning)
                 cursor.execute("ROLLBACK")
             raise
-        if not queued:
-            cursor.execute("COMMIT")
-            return written, None, None
-        sent = _execute(partial(_commit_while, partial(send, queued)), "COMMIT", None, cursor)
     return written, lease, sent
 
 
@@ -136,19 +140,30 @@ def _insert_while(send: Callable[[], T], sql: str, params: list, many: bool, con
     adapt = Transformer(context["cursor"].cursor)
     values = adapt.dump_sequence(params, [PyFormat.AUTO] * len(params))
     command = _numbered(sql)
-    result, sent = _while_postgres_runs(
+    results, sent = _while_postgres_runs(
         lambda pgconn: pgconn.send_query_params(command, values, adapt.types, adapt.formats), send
     )
-    return int(result.get_value(0, 0)), sent
+    return int(results[0].get_value(0, 0)), sent
 
 
-def _commit_while(send: Callable[[], T], sql: str, params: Any, many: bool, context: dict) -> T:
-    return _while_postgres_runs(lambda pgconn: pgconn.send_query(sql.encode()), send)[1]
+def _query_while(send: Callable[[], T], sql: str, params: Any, many: bool, context: dict) -> tuple[list, T]:
+    return _while_postgres_runs(lambda pgconn: pgconn.send_query(sql.encode()), send)
 
 
-def _while_postgres_runs(start: Callable[[pq.PGconn], None], send: Callable[[], T]) -> tuple[Any, T]:
-    """Send a statement with ``start``, run ``send`` while PostgreSQL executes it, then read its
-    result (psycopg's own steps for an execute, split); its error raised as psycopg's."""
+def _lease_insert_and_commit(jobs: Sequence[Job], cursor) -> str:
+    """A PublishLease's INSERT (RETURNING its id) and the COMMIT, as one text: two statements in one
+    message take the simple protocol, whose values are written in the text."""
+    statements = psycopg_sql.SQL("INSERT INTO {} (since, jobs) VALUES ({}, {}) RETURNING id; COMMIT").format(
+        psycopg_sql.Identifier(PublishLease._meta.db_table),
+        psycopg_sql.Literal(timezone.now()),
+        psycopg_sql.Literal(PublishLease.packed(job.pk for job in jobs)),
+    )
+    return statements.as_string(cursor)
+
+
+def _while_postgres_runs(start: Callable[[pq.PGconn], None], send: Callable[[], T]) -> tuple[list, T]:
+    """Send statements with ``start``, run ``send`` while PostgreSQL executes them, then read their
+    results (psycopg's own steps for an execute, split); an error raised as psycopg's."""
     raw = connection.connection
     with raw.lock:
         start(raw.pgconn)
@@ -157,10 +172,10 @@ def _while_postgres_runs(start: Callable[[pq.PGconn], None], send: Callable[[], 
             sent = send()
         finally:
             results = raw.wait(generators.fetch_many(raw.pgconn))
-    result = results[-1]
-    if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-        raise errors.error_from_result(result, encoding=raw.info.encoding)
-    return result, sent
+    for result in results:
+        if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+            raise errors.error_from_result(result, encoding=raw.info.encoding)
+    return results, sent
 
 
 @cache
@@ -196,6 +211,7 @@ def _copy(jobs: Iterable[Job], written: list[Job], sql: str, params: Any, many: 
 
 def _row(job: Job) -> list:
     row = list(_row_values()(job))
+    row[_id_column()] = job.id_text  # formatted once for the row, the message and the answer
     # A job enqueue built carries its payload's JSON text, made as it was validated.
     payload_json = getattr(job, "payload_json", None)
     for index, attname, encode in _json_columns():
@@ -207,6 +223,11 @@ def _row(job: Job) -> list:
 def _row_values() -> attrgetter:
     """A job's values in the statement's column order, as its instance holds them."""
     return attrgetter(*(field.attname for field in _fields()))
+
+
+@cache
+def _id_column() -> int:
+    return next(index for index, field in enumerate(_fields()) if field.primary_key)
 
 
 @cache

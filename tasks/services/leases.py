@@ -94,8 +94,15 @@ class LeaseReleases:
 
 
 def lease_release(ids: Sequence[int]) -> None:
-    """Delete these leases now, in the caller's transaction if any."""
-    PublishLease.objects.filter(pk__in=ids).delete()
+    """Delete these leases now, in the caller's transaction if any: one statement, where
+    ``QuerySet.delete`` wraps its own in a transaction (two round trips more, half a batch
+    request's release) to collect related rows that a lease has none of."""
+    if connection.vendor != "postgresql":
+        PublishLease.objects.filter(pk__in=ids).delete()
+        return
+    table = connection.ops.quote_name(PublishLease._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", [list(ids)])  # noqa: S608 - the model's table
 
 
 def lease_release_logged(ids: Sequence[int]) -> bool:

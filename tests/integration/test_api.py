@@ -235,6 +235,18 @@ def test_malformed_json_answers_400_and_enqueues_nothing(client, auth, broker, p
     assert message_keys(broker) == []
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_nul_anywhere_in_the_body_answers_400_and_enqueues_nothing(client, auth, broker, encoding):
+    body = json.dumps({"jobs": [{"task": "ops.ping"}, {"task": "ops.ping", "idempotency_key": "a\x00b"}]})
+
+    response = client.post("/api/jobs/batch", body.encode(encoding), content_type="application/json", **auth)
+
+    assert response.status_code == 400
+    assert "NUL" in response.json()["detail"]
+    assert not Job.objects.exists()
+    assert message_keys(broker) == []
+
+
 def test_an_empty_body_answers_422(client, auth):
     response = client.post("/api/jobs", b"", content_type="application/json", **auth)
     assert response.status_code == 422
