@@ -99,12 +99,12 @@ def job_row_insert_while(job: Job, send: Callable[[], T]) -> tuple[int, T]:
 
 def job_rows_insert_while(
     jobs: Iterable[Job], send: Callable[[list[Job]], T]
-) -> tuple[list[Job], int | None, T | None]:
+) -> tuple[list[Job], list[Job], int | None, T | None]:
     """Insert new jobs (no idempotency key among them) and a PublishLease on the queued ones in a
     transaction of their own, whose COMMIT runs while ``send(queued jobs)`` (their publish) does:
-    as job_row_insert_while, for many. Returns the jobs, the lease's id and what ``send`` returned
-    (None, and no lease, when none is queued); a failed COMMIT raises after ``send`` ran. Only where
-    job_row_insert_overlaps()."""
+    as job_row_insert_while, for many. Returns the jobs, the queued ones, the lease's id and what
+    ``send`` returned (None, and no lease, when none is queued); a failed COMMIT raises after
+    ``send`` ran. Only where job_row_insert_overlaps()."""
     with connection.cursor() as cursor:
         cursor.execute("BEGIN")
         try:
@@ -113,7 +113,7 @@ def job_rows_insert_while(
             queued = [job for job in written if job.state == state]
             if not queued:
                 cursor.execute("COMMIT")
-                return written, None, None
+                return written, queued, None, None
             # The lease's INSERT goes with the COMMIT, in one message: no round trip of its own.
             statements = _lease_insert_and_commit(queued, cursor.cursor)
             results, sent = _execute(partial(_query_while, partial(send, queued)), statements, None, cursor)
@@ -122,7 +122,7 @@ def job_rows_insert_while(
             with contextlib.suppress(DatabaseError):  # none left after a failed COMMIT (a warning)
                 cursor.execute("ROLLBACK")
             raise
-    return written, lease, sent
+    return written, queued, lease, sent
 
 
 def _execute(execute: Callable[..., T], sql: str, params: Any, cursor) -> T:

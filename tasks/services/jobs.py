@@ -280,13 +280,9 @@ def _payload_validated(task_name: str, payload: Any, public_only: bool) -> tuple
     return data, encoded
 
 
-#: one encoder for every size: json.dumps makes a new one per call when given options
+#: a payload's JSON as the message carries it (its bytes are the size checked); one encoder for
+#: every payload: json.dumps makes a new one per call when given options
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def payload_size(payload: Any) -> int:
-    """Bytes of the payload as compact UTF-8 JSON, as the message carries it."""
-    return len(_COMPACT_JSON.encode(payload).encode())
 
 
 def contains_nul(value: Any) -> bool:
@@ -415,9 +411,7 @@ def _jobs_insert_publishing(built: Iterator[Job]) -> list[Job]:
     """Write new jobs and publish the queued ones while their transaction commits
     (job_rows_insert_while); their messages say their rows may still be on their way."""
     published_at = timezone.now()
-    jobs, lease, failure = job_rows_insert_while(built, partial(_send, alone=False, row_in_flight=True))
-    state = Job.State.QUEUED  # looked up once: an enum member costs a lookup each time
-    queued = [job for job in jobs if job.state == state]
+    jobs, queued, lease, failure = job_rows_insert_while(built, partial(_send, alone=False, row_in_flight=True))
     if queued:
         _settle(queued, lease=lease, failure=failure, published_at=published_at)
     return jobs
