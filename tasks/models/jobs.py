@@ -81,6 +81,9 @@ class Job(models.Model):
         on_delete=models.SET_NULL,
         related_name="jobs",
         db_index=False,  # job_owner_created serves owner lookups
+        # Checked by triggers once a statement, not by a foreign key once a row (migration 0011):
+        # a 1,000-job batch request was a sixth faster.
+        db_constraint=False,
     )
     idempotency_key = models.CharField(  # noqa: DJ001 - NULL (no key) stays out of the unique constraint
         "idempotency key",

@@ -26,8 +26,8 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import JSONField, Q
 from django.utils import timezone
 from psycopg import errors, generators, pq
-from psycopg import sql as psycopg_sql
 from psycopg.adapt import PyFormat, Transformer
+from psycopg.copy import LibpqWriter
 
 from tasks.models import Job, PublishLease
 
@@ -47,11 +47,15 @@ def job_rows_insert(jobs: Iterable[Job]) -> list[Job]:
         return jobs
     written: list[Job] = []
     with connection.cursor() as cursor:
-        _execute(partial(_copy, jobs, written), _copy_statement(), None, cursor)
-    alias = connection.alias  # read once: each read of the proxy looks the connection up
-    for job in written:
-        job._state.adding, job._state.db = False, alias
+        _execute(partial(_copy, jobs, written, None), _copy_statement(), None, cursor)
+    _mark_saved(written)
     return written
+
+
+def _mark_saved(jobs: list[Job]) -> None:
+    alias = connection.alias  # read once: each read of the proxy looks the connection up
+    for job in jobs:
+        job._state.adding, job._state.db = False, alias
 
 
 def job_row_insert(job: Job, *, leased: bool) -> int | None:
@@ -98,31 +102,40 @@ def job_row_insert_while(job: Job, send: Callable[[], T]) -> tuple[int, T]:
 
 
 def job_rows_insert_while(
-    jobs: Iterable[Job], send: Callable[[list[Job]], T]
-) -> tuple[list[Job], list[Job], int | None, T | None]:
-    """Insert new jobs (no idempotency key among them) and a PublishLease on the queued ones in a
-    transaction of their own, whose COMMIT runs while ``send(queued jobs)`` (their publish) does:
-    as job_row_insert_while, for many. Returns the jobs, the queued ones, the lease's id and what
-    ``send`` returned (None, and no lease, when none is queued); a failed COMMIT raises after
-    ``send`` ran. Only where job_row_insert_overlaps()."""
+    jobs: Iterable[Job], publish: Callable[[list[Job]], Exception | None]
+) -> tuple[list[Job], list[Job], Exception | None]:
+    """Insert new jobs (no idempotency key among them) in a transaction of their own, with
+    ``publish(queued jobs)`` running while PostgreSQL takes in the last rows (it works a few
+    milliseconds behind the rows sent), then COMMIT. Returns the jobs, the queued ones and the
+    publish's failure (None when it succeeded).
+
+    The publish's outcome is known before the COMMIT, so no lease is needed: a committed queued
+    row was published. When the publish failed the queued rows are written pending in the same
+    transaction, for the relay. A failed insert raises after ``publish`` ran (the messages
+    then carry ROW_IN_FLIGHT_HEADER for the worker to settle). Only where
+    job_row_insert_overlaps()."""
+    written: list[Job] = []
+    queued: list[Job] = []
+
+    def publish_written() -> Exception | None:
+        state = Job.State.QUEUED  # looked up once: an enum member costs a lookup each time
+        queued.extend(job for job in written if job.state == state)
+        return publish(queued) if queued else None
+
     with connection.cursor() as cursor:
         cursor.execute("BEGIN")
         try:
-            written = job_rows_insert(jobs)
-            state = Job.State.QUEUED  # looked up once: an enum member costs a lookup each time
-            queued = [job for job in written if job.state == state]
-            if not queued:
-                cursor.execute("COMMIT")
-                return written, queued, None, None
-            # The lease's INSERT goes with the COMMIT, in one message: no round trip of its own.
-            statements = _lease_insert_and_commit(queued, cursor.cursor)
-            results, sent = _execute(partial(_query_while, partial(send, queued)), statements, None, cursor)
-            lease = int(results[0].get_value(0, 0))
+            failure = _execute(partial(_copy, jobs, written, publish_written), _copy_statement(), None, cursor)
+            if failure is not None:
+                ids = [job.pk for job in queued]
+                cursor.execute(_unpublished_statement(), [Job.State.PENDING.value, Job.State.QUEUED.value, ids])
+            cursor.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(DatabaseError):  # none left after a failed COMMIT (a warning)
                 cursor.execute("ROLLBACK")
             raise
-    return written, queued, lease, sent
+    _mark_saved(written)
+    return written, queued, failure
 
 
 def _execute(execute: Callable[..., T], sql: str, params: Any, cursor) -> T:
@@ -144,21 +157,6 @@ def _insert_while(send: Callable[[], T], sql: str, params: list, many: bool, con
         lambda pgconn: pgconn.send_query_params(command, values, adapt.types, adapt.formats), send
     )
     return int(results[0].get_value(0, 0)), sent
-
-
-def _query_while(send: Callable[[], T], sql: str, params: Any, many: bool, context: dict) -> tuple[list, T]:
-    return _while_postgres_runs(lambda pgconn: pgconn.send_query(sql.encode()), send)
-
-
-def _lease_insert_and_commit(jobs: Sequence[Job], cursor) -> str:
-    """A PublishLease's INSERT (RETURNING its id) and the COMMIT, as one text: two statements in one
-    message take the simple protocol, whose values are written in the text."""
-    statements = psycopg_sql.SQL("INSERT INTO {} (since, jobs) VALUES ({}, {}) RETURNING id; COMMIT").format(
-        psycopg_sql.Identifier(PublishLease._meta.db_table),
-        psycopg_sql.Literal(timezone.now()),
-        psycopg_sql.Literal(PublishLease.packed(job.pk for job in jobs)),
-    )
-    return statements.as_string(cursor)
 
 
 def _while_postgres_runs(start: Callable[[pq.PGconn], None], send: Callable[[], T]) -> tuple[list, T]:
@@ -202,11 +200,44 @@ def job_rows_update(ids: Sequence, where: Q, **values: Any) -> int:
         return Job.objects.filter(pk__in=matching.order_by("pk").select_for_update().values("pk")).update(**values)
 
 
-def _copy(jobs: Iterable[Job], written: list[Job], sql: str, params: Any, many: bool, context: dict) -> None:
-    with context["cursor"].cursor.copy(sql) as copy:
+def _copy(
+    jobs: Iterable[Job], written: list[Job], during_end: Callable[[], T] | None, sql: str, params, many, context
+) -> T | None:
+    """COPY the jobs' rows; ``during_end`` runs once the last row is sent, while PostgreSQL takes
+    it in, and its value is returned."""
+    cursor = context["cursor"].cursor
+    writer = None if during_end is None else _WriterRunningAtEnd(cursor, during_end)
+    with cursor.copy(sql, writer=writer) as copy:
         for job in jobs:
             copy.write_row(_row(job))
             written.append(job)
+    return None if writer is None else writer.ran
+
+
+class _WriterRunningAtEnd(LibpqWriter):
+    """psycopg's COPY writer, whose end runs ``during_end`` between sending the end of the data
+    and reading the outcome (psycopg's own steps, split)."""
+
+    def __init__(self, cursor, during_end: Callable[[], Any]) -> None:
+        super().__init__(cursor)
+        self.during_end = during_end
+        self.ran = None
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        if exc is not None:  # the rows' iterable raised: psycopg aborts the COPY
+            super().finish(exc)
+            return
+        pgconn = self.connection.pgconn
+        while not pgconn.put_copy_end(None):
+            self.connection.wait(generators.send(pgconn))
+        self.connection.wait(generators.send(pgconn))
+        try:
+            self.ran = self.during_end()
+        finally:
+            (result,) = self.connection.wait(generators.fetch_many(pgconn))
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise errors.error_from_result(result, encoding=self.connection.info.encoding)
+        self.cursor._results = [result]
 
 
 def _row(job: Job) -> list:
@@ -259,6 +290,11 @@ def _copy_statement() -> str:
 def _insert_statement() -> str:
     values = ", ".join("%s::jsonb" if isinstance(field, JSONField) else "%s" for field in _fields())
     return f"INSERT INTO {_table()} ({_column_list()}) VALUES ({values})"  # noqa: S608 - names from the model
+
+
+@cache
+def _unpublished_statement() -> str:
+    return f"UPDATE {_table()} SET state = %s, queued_at = NULL WHERE state = %s AND id = ANY(%s)"  # noqa: S608
 
 
 @cache

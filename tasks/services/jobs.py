@@ -2,7 +2,7 @@
 
 The ledger row is written in the caller's transaction and the message is published after commit,
 with the job id as the Celery task id. Jobs enqueued outside any transaction are published while
-their rows commit (job_row_insert_while, job_rows_insert_while), and returned once both are done;
+their rows are written (job_row_insert_while, job_rows_insert_while), and returned once both are done;
 a worker that gets a message first waits for its rows (tasks.services.ledger). A row the publish
 never reached (Redis down, a crash in between) is published later by the relay
 (tasks.services.relay), which also releases delayed jobs.
@@ -203,7 +203,7 @@ def job_enqueue_many(
     built = _jobs_build(requests, owner=owner, origin=origin, public_only=public_only, then=then)
     keyed = any(request.idempotency_key is not None for request in requests)
     if not keyed and job_row_insert_overlaps():
-        return _jobs_insert_publishing(built)  # no transaction to wait for: publish while it commits
+        return _jobs_insert_publishing(built)  # no transaction to wait for: publish while it writes
     with transaction.atomic():
         built = _jobs_insert_keyed(list(built)) if keyed else job_rows_insert(built)
         fresh = list({job.pk: job for job in built if job.created and job.state == Job.State.QUEUED}.values())
@@ -408,12 +408,11 @@ def _job_insert_publishing(job: Job) -> Job:
 
 
 def _jobs_insert_publishing(built: Iterator[Job]) -> list[Job]:
-    """Write new jobs and publish the queued ones while their transaction commits
-    (job_rows_insert_while); their messages say their rows may still be on their way."""
-    published_at = timezone.now()
-    jobs, queued, lease, failure = job_rows_insert_while(built, partial(_send, alone=False, row_in_flight=True))
-    if queued:
-        _settle(queued, lease=lease, failure=failure, published_at=published_at)
+    """Write new jobs and publish the queued ones while PostgreSQL takes in their last rows, before
+    the COMMIT (job_rows_insert_while); their messages say their rows may still be on their way."""
+    jobs, queued, failure = job_rows_insert_while(built, partial(_send, alone=False, row_in_flight=True))
+    if failure is not None:
+        _note_unpublished(queued, failure, written_queued=True)  # their rows were written pending
     return jobs
 
 
@@ -477,19 +476,13 @@ def _settle(jobs: Sequence[Job], *, lease: int | None, failure: Exception | None
     (rows committed) set them back to pending for the relay. Whether the publish succeeded."""
     ids = [job.pk for job in jobs]
     if failure is not None:
-        # A batch cut off mid-flush may have delivered part of it: publishing again is at-least-once,
-        # and the worker's ledger check drops a copy of a job that already finished.
-        logger.warning("%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(jobs), failure)
         if lease is not None:
             with transaction.atomic():
                 job_rows_update(ids, Q(state=Job.State.QUEUED), state=Job.State.PENDING, queued_at=None)
                 lease_release([lease])
         else:
             job_rows_update(ids, Q(), publishing_since=None)
-        for job in jobs:
-            job.publish_error = str(failure)
-            if lease is not None and job.state == Job.State.QUEUED:
-                job.state, job.queued_at = Job.State.PENDING, None
+        _note_unpublished(jobs, failure, written_queued=lease is not None)
         return False
     if lease is None:
         _mark_published(ids, published_at)
@@ -502,6 +495,18 @@ def _settle(jobs: Sequence[Job], *, lease: int | None, failure: Exception | None
         if job.state in UNPUBLISHED_STATES:
             job.state, job.queued_at = Job.State.QUEUED, published_at
     return True
+
+
+def _note_unpublished(jobs: Sequence[Job], failure: Exception, *, written_queued: bool) -> None:
+    """Log a failed publish and note it on the jobs; ``written_queued``: rows written queued by
+    their enqueue, set back to pending."""
+    # A batch cut off mid-flush may have delivered part of it: publishing again is at-least-once,
+    # and the worker's ledger check drops a copy of a job that already finished.
+    logger.warning("%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(jobs), failure)
+    for job in jobs:
+        job.publish_error = str(failure)
+        if written_queued and job.state == Job.State.QUEUED:
+            job.state, job.queued_at = Job.State.PENDING, None
 
 
 def _mark_published(ids: list, published_at) -> None:

@@ -1,7 +1,8 @@
 """Releasing publish leases: at once for a call's many jobs, in the background for single ones.
 
 ``job_enqueue`` and ``job_enqueue_many`` write their rows already ``queued``, with a PublishLease
-on them, and publish after commit (a single job outside a transaction: while it commits). What is
+on them, and publish after commit (a single job outside a transaction: while it commits; many
+outside a transaction take no lease, being published before their COMMIT). What is
 left once the messages are out, deleting the lease, only tells the relay not to publish the jobs
 again. A lease of many jobs is one row for all of them, deleted at once. A request that enqueued
 one job should not wait a second round trip and a second commit for it: its process hands the

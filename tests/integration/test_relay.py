@@ -1,11 +1,13 @@
 """No job is lost between the database and the broker: the relay publishes what enqueue could not."""
 
 import json
+from contextlib import nullcontext
 from datetime import timedelta
 
 import pytest
 import requests
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
 
 from tasks.models import ApiToken, Job, PublishLease
@@ -97,8 +99,12 @@ def test_enqueue_writes_the_row_queued_and_releases_its_lease_in_the_background(
     )
 
 
-def test_enqueue_many_releases_its_one_lease_before_it_returns(broker):
-    jobs = job_enqueue_many(requests=[JobRequest("ops.ping")] * 3)
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["alone", "in-a-transaction"])
+def test_enqueue_many_leaves_no_lease_once_it_returns(broker, in_transaction):
+    # Alone it publishes before its COMMIT and takes none; in a transaction, its one lease is
+    # released by the publish after the commit.
+    with transaction.atomic() if in_transaction else nullcontext():
+        jobs = job_enqueue_many(requests=[JobRequest("ops.ping")] * 3)
 
     assert broker.llen("default:5") == 3
     assert not PublishLease.objects.exists()

@@ -1,5 +1,5 @@
-"""An enqueue outside a transaction publishes while its rows commit: a single job's INSERT
-(job_row_insert_while), or the COMMIT of an enqueue_many (job_rows_insert_while).
+"""An enqueue outside a transaction publishes while its rows are written: a single job's INSERT
+(job_row_insert_while), or the end of an enqueue_many's COPY, before its COMMIT (job_rows_insert_while).
 
 A message may reach a worker before its rows are visible: the worker waits for them, and if they
 never come (the insert or commit failed, and the caller was told so) the jobs are cancelled, not run.
@@ -99,7 +99,7 @@ def test_an_enqueue_many_returns_its_rows_committed_and_its_messages_marked(brok
 
     assert [job.state for job in jobs] == [Job.State.QUEUED] * 252 + [Job.State.SCHEDULED]
     assert sorted(committed_states([job.pk for job in jobs])) == sorted(job.state for job in jobs)
-    assert not PublishLease.objects.exists()  # a call of many releases its lease before it returns
+    assert not PublishLease.objects.exists()  # published before the COMMIT: no lease needed
     queues = {task_queue(BATCHED), task_queue(TASK)}
     headers = [json.loads(message)["headers"] for queue in queues for message in queued_messages(broker, queue)]
     # 250 short jobs in three messages, two alone; the delayed one waits for the relay.
@@ -107,8 +107,8 @@ def test_an_enqueue_many_returns_its_rows_committed_and_its_messages_marked(brok
     assert all(header[ROW_IN_FLIGHT_HEADER] is True for header in headers)
 
 
-def test_a_failed_commit_of_many_raises_after_the_publish_and_writes_nothing(broker):
-    ghost = get_user_model()(pk=10**9, username="ghost")  # no such row: the deferred foreign key fails at COMMIT
+def test_a_failed_write_of_many_raises_after_the_publish_and_writes_nothing(broker):
+    ghost = get_user_model()(pk=10**9, username="ghost")  # no such user: the owner check fails at the COPY's end
 
     with pytest.raises(IntegrityError):
         job_enqueue_many(requests=[JobRequest(BATCHED)] * 3, owner=ghost)
