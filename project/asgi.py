@@ -30,10 +30,6 @@ from django.urls import Resolver404, get_resolver
 REQUEST_THREADS = 8
 #: sync requests after which what they loaded lazily is frozen too (see _freeze_long_lived_objects)
 WARM_UP_REQUESTS = 100
-#: objects a request may allocate before the garbage collector's youngest pass (Python's is 700):
-#: a 1,000-job batch request allocates some 30,000 that live until its answer, and at 700 the
-#: collector traversed them dozens of times, 2 ms of the request; at 20,000, 0.1 ms
-GC_YOUNG_THRESHOLD = 20_000
 
 
 class SyncChainHandler(ASGIHandler):
@@ -105,5 +101,4 @@ django.setup(set_prefix=False)
 application = PlatformApplication()
 # Every view, the API and its schemas imported now, not by the first request: they are frozen below.
 get_resolver().url_patterns  # noqa: B018 - the property loads the URLconf
-gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 _freeze_long_lived_objects()

@@ -78,7 +78,8 @@ DROP TRIGGER user_jobs_disowned ON {users};
 DROP FUNCTION job_owners_exist(), job_new_owner_exists(), user_jobs_disowned();
 """
 
-# SQLite checks each row in the process, where a query is cheap; it has one writer at a time.
+# SQLite checks each row in the process, where a query is cheap; it has one writer at a time. A later
+# migration that makes SQLite rebuild the table (most field changes) drops these: it must run them again.
 SQLITE = [
     """CREATE TRIGGER job_owners_exist BEFORE INSERT ON {jobs} FOR EACH ROW
     WHEN NEW.{owner} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {users} WHERE {user_id} = NEW.{owner})

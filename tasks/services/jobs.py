@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -218,9 +219,12 @@ def _jobs_build(
 ) -> Iterator[Job]:
     """The requests validated into unsaved jobs, one at a time; an invalid one raises EnqueueError
     with its index."""
+    # uuid4's random bytes for all of them in one call: a call each was a third of an id's cost.
+    random_bytes = os.urandom(16 * len(requests))
     for index, request in enumerate(requests):
+        job_id = uuid.UUID(bytes=random_bytes[16 * index : 16 * index + 16], version=4)
         try:
-            job = _job_build(request, owner=owner, origin=origin, public_only=public_only)
+            job = _job_build(request, owner=owner, origin=origin, public_only=public_only, job_id=job_id)
         except EnqueueError as exc:
             exc.details["index"] = index
             raise
@@ -265,7 +269,11 @@ def _payload_validated(task_name: str, payload: Any, public_only: bool) -> tuple
     if task_name not in (PUBLIC_TASKS if public_only else LEDGER_TASKS):
         raise UnknownTask(f"unknown task {task_name!r}", tasks=sorted(PUBLIC_TASKS))
     try:
-        data = PAYLOAD_SCHEMAS[task_name].model_validate({} if payload is None else payload).model_dump(mode="json")
+        # model_validate and model_dump(mode="json") with their defaults, called without their
+        # wrappers (half the time of both: a batch validates a thousand).
+        schema = PAYLOAD_SCHEMAS[task_name]
+        model = schema.__pydantic_validator__.validate_python({} if payload is None else payload)
+        data = schema.__pydantic_serializer__.to_python(model, mode="json")
     except ValidationError as exc:
         errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
         raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=errors) from None
@@ -296,8 +304,9 @@ def contains_nul(value: Any) -> bool:
     return False
 
 
-def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) -> Job:
-    """Validate one request into an unsaved Job, or raise EnqueueError naming the problem."""
+def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool, job_id: uuid.UUID | None = None) -> Job:
+    """Validate one request into an unsaved Job (a new uuid4 its id unless given), or raise
+    EnqueueError naming the problem."""
     data, data_json = _payload_validated(request.task_name, request.payload, public_only)
     queue = request.queue
     if queue is None:
@@ -324,7 +333,7 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool) ->
     now = timezone.now()
     delayed = bool(delay)
     job = _job_new(
-        id=uuid.uuid4(),
+        id=uuid.uuid4() if job_id is None else job_id,
         task_name=request.task_name,
         payload=data,
         payload_json=data_json,
@@ -353,8 +362,7 @@ def _job_new(**values: Any) -> Job:
     an enqueue_many once its rows went by COPY). Fields left out take their default; those whose
     default is a callable (the id, the payload, created_at) must be given."""
     job = Job.__new__(Job)
-    job._state = ModelState()
-    job.__dict__.update(_job_defaults() | values)
+    job.__dict__ = {**_job_defaults(), **values, "_state": ModelState()}  # one dict built, not two
     return job
 
 
