@@ -53,6 +53,7 @@ def job_rows_insert(jobs: Iterable[Job]) -> list[Job]:
 
 
 def _mark_saved(jobs: list[Job]) -> None:
+    """What ``save`` sets on an instance it inserted."""
     alias = connection.alias  # read once: each read of the proxy looks the connection up
     for job in jobs:
         job._state.adding, job._state.db = False, alias
@@ -75,7 +76,7 @@ def job_row_insert(job: Job, *, leased: bool) -> int | None:
         else:
             cursor.execute(_insert_statement(), _row(job))
             lease = None
-    job._state.adding, job._state.db = False, connection.alias
+    _mark_saved([job])
     return lease
 
 
@@ -97,7 +98,7 @@ def job_row_insert_while(job: Job, send: Callable[[], T]) -> tuple[int, T]:
     with connection.cursor() as cursor:
         params = [*_row(job), job.created_at]
         lease, sent = _execute(partial(_insert_while, send), _insert_leased_statement(), params, cursor)
-    job._state.adding, job._state.db = False, connection.alias
+    _mark_saved([job])
     return lease, sent
 
 
@@ -201,7 +202,13 @@ def job_rows_update(ids: Sequence, where: Q, **values: Any) -> int:
 
 
 def _copy(
-    jobs: Iterable[Job], written: list[Job], during_end: Callable[[], T] | None, sql: str, params, many, context
+    jobs: Iterable[Job],
+    written: list[Job],
+    during_end: Callable[[], T] | None,
+    sql: str,
+    params: Any,
+    many: bool,
+    context: dict,
 ) -> T | None:
     """COPY the jobs' rows; ``during_end`` runs once the last row is sent, while PostgreSQL takes
     it in, and its value is returned."""
@@ -211,7 +218,7 @@ def _copy(
         for job in jobs:
             copy.write_row(_row(job))
             written.append(job)
-    return None if writer is None else writer.ran
+    return None if writer is None else writer.returned
 
 
 class _WriterRunningAtEnd(LibpqWriter):
@@ -221,7 +228,7 @@ class _WriterRunningAtEnd(LibpqWriter):
     def __init__(self, cursor, during_end: Callable[[], Any]) -> None:
         super().__init__(cursor)
         self.during_end = during_end
-        self.ran = None
+        self.returned = None
 
     def finish(self, exc: BaseException | None = None) -> None:
         if exc is not None:  # the rows' iterable raised: psycopg aborts the COPY
@@ -232,7 +239,7 @@ class _WriterRunningAtEnd(LibpqWriter):
             self.connection.wait(generators.send(pgconn))
         self.connection.wait(generators.send(pgconn))
         try:
-            self.ran = self.during_end()
+            self.returned = self.during_end()
         finally:
             (result,) = self.connection.wait(generators.fetch_many(pgconn))
         if result.status != pq.ExecStatus.COMMAND_OK:

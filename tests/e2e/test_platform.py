@@ -81,12 +81,16 @@ def test_platform_runs_jobs_shows_them_in_flower_fires_schedules_and_stops_clean
     # Flower: closed without credentials; with them it knows the task.
     assert requests.get(f"{flower}/api/workers", timeout=5).status_code == 401
     assert requests.get(f"{flower}/api/tasks", timeout=5).status_code == 401
+    # The ledger is written before the task's events go out: Flower may list it as started first.
     tasks = wait_until(
-        lambda: (seen := get_json(f"{flower}/api/tasks", auth=FLOWER_AUTH)) and done["id"] in seen and seen,
+        lambda: (
+            (seen := get_json(f"{flower}/api/tasks", auth=FLOWER_AUTH))
+            and seen.get(done["id"], {}).get("state") == "SUCCESS"
+            and seen
+        ),
         timeout=20,
-        what="Flower to list the task",
+        what="Flower to list the task as succeeded",
     )
-    assert tasks[done["id"]]["state"] == "SUCCESS"
     assert tasks[done["id"]]["name"] == "ops.ping"
 
     # A schedule row created in the database fires through the running beat, without a restart.
