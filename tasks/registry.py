@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from tasks.errors import PermanentError
 from tasks.models import Job
+from tasks.selectors.schedules import schedule_origins
 from tasks.services import ledger
 from tasks.services.job_rows import ROW_IN_FLIGHT_HEADER
 
@@ -113,7 +114,7 @@ class LedgerTask(Task):
 
     def _origin(self) -> str:
         periodic = getattr(self.request, "periodic_task_name", None)
-        return f"beat:{periodic}" if periodic else ""
+        return schedule_origins(periodic)[0] if periodic else ""
 
     def _record_failure(self, exc: Exception, attempt: ledger.Attempt) -> None:
         state, error, retry_at = self.failure_outcome(exc, attempt)

@@ -8,6 +8,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils import timezone
 from django.utils.functional import cached_property
+from uuid_utils.compat import uuid7
 
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 
@@ -29,6 +30,8 @@ class JobState(models.TextChoices):
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 #: states in which the relay publishes a job (pending: now; scheduled and retrying: when due)
 UNPUBLISHED_STATES = (JobState.PENDING, JobState.SCHEDULED, JobState.RETRYING)
+#: the start of the origin of every job a schedule fired or ran by hand (tasks.selectors.schedules)
+SCHEDULE_ORIGIN_PREFIX = "beat:"
 #: states from which a job may be retried by hand
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 
@@ -39,7 +42,9 @@ class Job(models.Model):
     id = models.UUIDField(
         "id",
         primary_key=True,
-        default=uuid.uuid4,
+        # Time-ordered (UUIDv7): a new row's id lands at the right edge of the primary key's index,
+        # not on a random page of it (a fifth of PostgreSQL's time to take in a batch's rows).
+        default=uuid7,
         editable=False,
         help_text="Also the Celery task id, so a message and its ledger row are one job.",
     )
@@ -149,8 +154,13 @@ class Job(models.Model):
             # the rows that have one, so a plain job pays nothing for them.
             models.Index(fields=["after"], name="job_after", condition=models.Q(after__isnull=False)),
             models.Index(fields=["then"], name="job_then", condition=models.Q(then__isnull=False)),
-            # A schedule's runs (origin beat:<name>), newest first, for its admin pages.
-            models.Index(fields=["origin", "-created_at"], name="job_origin_created"),
+            # A schedule's runs (origin beat:<name>), newest first, for its admin pages: only beat's
+            # jobs, so no other insert pays for it. A query must repeat the condition to use it.
+            models.Index(
+                fields=["origin", "-created_at"],
+                name="job_schedule_runs",
+                condition=models.Q(origin__startswith=SCHEDULE_ORIGIN_PREFIX),
+            ),
             # What the relay scans every second: small, since published jobs leave it.
             models.Index(
                 fields=["run_at", "created_at"],

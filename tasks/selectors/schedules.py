@@ -17,6 +17,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from tasks.models import Job
+from tasks.models.jobs import SCHEDULE_ORIGIN_PREFIX
 
 #: how many upcoming run times a schedule's page lists
 NEXT_RUNS = 5
@@ -31,7 +32,7 @@ LATE_AFTER = timedelta(seconds=30)
 
 def schedule_origins(name: str) -> tuple[str, str]:
     """The ledger origins of a schedule's jobs: fired by beat, and run by hand from admin."""
-    return f"beat:{name}", f"beat:{name}:run-now"
+    return f"{SCHEDULE_ORIGIN_PREFIX}{name}", f"{SCHEDULE_ORIGIN_PREFIX}{name}:run-now"
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def _due_times(schedule: PeriodicTask, *, start: datetime, count: int, base: dat
 
 def schedule_last_runs(*, schedule: PeriodicTask, limit: int = LAST_RUNS) -> list[Job]:
     """The schedule's latest jobs in the ledger (fired by beat or run by hand), newest first."""
-    return list(Job.objects.filter(origin__in=schedule_origins(schedule.name)).order_by("-created_at", "-id")[:limit])
+    runs = _schedule_jobs().filter(origin__in=schedule_origins(schedule.name))
+    return list(runs.order_by("-created_at", "-id")[:limit])
 
 
 def schedules_latest_run(*, names: Iterable[str]) -> dict[str, Job]:
@@ -133,7 +135,8 @@ def schedules_latest_run(*, names: Iterable[str]) -> dict[str, Job]:
     if not origin_to_name:
         return {}
     latest_at = (
-        Job.objects.filter(origin__in=origin_to_name)
+        _schedule_jobs()
+        .filter(origin__in=origin_to_name)
         .values("origin")
         .annotate(at=Max("created_at"))
         .values_list("origin", "at")
@@ -144,8 +147,14 @@ def schedules_latest_run(*, names: Iterable[str]) -> dict[str, Job]:
     if not pairs:
         return {}
     latest: dict[str, Job] = {}
-    for job in Job.objects.filter(pairs).order_by("created_at", "id"):
+    for job in _schedule_jobs().filter(pairs).order_by("created_at", "id"):
         name = origin_to_name[job.origin]
         if name not in latest or job.created_at >= latest[name].created_at:
             latest[name] = job
     return latest
+
+
+def _schedule_jobs():
+    """Jobs of schedules, as the index job_schedule_runs holds them: PostgreSQL uses a partial
+    index only for a query that states its condition."""
+    return Job.objects.filter(origin__startswith=SCHEDULE_ORIGIN_PREFIX)

@@ -29,6 +29,7 @@ from django_celery_beat.models import PeriodicTask
 
 from tasks.models import Job, MissedRunPolicy, ScheduleOptions
 from tasks.registry import LEDGER_TASKS
+from tasks.selectors.schedules import schedule_origins
 from tasks.services.jobs import EnqueueError, job_enqueue
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def _enqueue_run(model: PeriodicTask, plan: RunPlan) -> tuple[Job | None, Outcom
                 payload=payload,
                 queue=model.queue or None,
                 priority=model.priority,
-                origin=f"beat:{model.name}",
+                origin=schedule_origins(model.name)[0],
                 idempotency_key=schedule_run_key(name=model.name, due_at=plan.due_at),
             )
         except EnqueueError as exc:

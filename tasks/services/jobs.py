@@ -10,17 +10,15 @@ never reached (Redis down, a crash in between) is published later by the relay
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cache, partial
 from typing import Any
 
+import pydantic_core
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Value
@@ -29,6 +27,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from kombu.exceptions import BatchPublishError, OperationalError
 from pydantic import ValidationError
+from uuid_utils.compat import uuid7
 
 from tasks.models import Job
 from tasks.models.jobs import UNPUBLISHED_STATES
@@ -219,12 +218,10 @@ def _jobs_build(
 ) -> Iterator[Job]:
     """The requests validated into unsaved jobs, one at a time; an invalid one raises EnqueueError
     with its index."""
-    # uuid4's random bytes for all of them in one call: a call each was a third of an id's cost.
-    random_bytes = os.urandom(16 * len(requests))
+    now = timezone.now()  # one moment for the call: each job reading the clock was a tenth of its cost
     for index, request in enumerate(requests):
-        job_id = uuid.UUID(bytes=random_bytes[16 * index : 16 * index + 16], version=4)
         try:
-            job = _job_build(request, owner=owner, origin=origin, public_only=public_only, job_id=job_id)
+            job = _job_build(request, owner=owner, origin=origin, public_only=public_only, now=now)
         except EnqueueError as exc:
             exc.details["index"] = index
             raise
@@ -277,20 +274,16 @@ def _payload_validated(task_name: str, payload: Any, public_only: bool) -> tuple
     except ValidationError as exc:
         errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
         raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=errors) from None
-    encoded = _COMPACT_JSON.encode(data)
+    # Compact UTF-8, whose length is the size checked below; a seventh of the json module's time.
+    encoded = pydantic_core.to_json(data)
     # JSON escapes every NUL as \\u0000: without that text there is none, and no walk is needed.
-    if "\\u0000" in encoded and contains_nul(data):
+    if b"\\u0000" in encoded and contains_nul(data):
         # The ledger cannot store it (PostgreSQL's jsonb refuses NUL), so neither may the message.
         message = "strings must not contain NUL (\\u0000)"
         raise InvalidPayload(f"payload does not match {task_name}'s schema", errors=[{"field": "", "message": message}])
-    if (size := len(encoded.encode())) > settings.JOB_MAX_PAYLOAD_BYTES:
+    if (size := len(encoded)) > settings.JOB_MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(size, settings.JOB_MAX_PAYLOAD_BYTES)
-    return data, encoded
-
-
-#: a payload's JSON as the message carries it (its bytes are the size checked); one encoder for
-#: every payload: json.dumps makes a new one per call when given options
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    return data, encoded.decode()
 
 
 def contains_nul(value: Any) -> bool:
@@ -304,9 +297,9 @@ def contains_nul(value: Any) -> bool:
     return False
 
 
-def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool, job_id: uuid.UUID | None = None) -> Job:
-    """Validate one request into an unsaved Job (a new uuid4 its id unless given), or raise
-    EnqueueError naming the problem."""
+def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool, now: datetime | None = None) -> Job:
+    """Validate one request into an unsaved Job created ``now`` (the clock's time when left out),
+    or raise EnqueueError naming the problem."""
     data, data_json = _payload_validated(request.task_name, request.payload, public_only)
     queue = request.queue
     if queue is None:
@@ -330,10 +323,11 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool, jo
     if key is not None and not 1 <= len(key) <= Job._meta.get_field("idempotency_key").max_length:
         raise InvalidOption("idempotency_key must be 1 to 200 characters")
 
-    now = timezone.now()
+    if now is None:
+        now = timezone.now()
     delayed = bool(delay)
     job = _job_new(
-        id=uuid.uuid4() if job_id is None else job_id,
+        id=uuid7(),  # the model's default, which _job_new does not apply
         task_name=request.task_name,
         payload=data,
         payload_json=data_json,

@@ -54,6 +54,17 @@ def test_enqueue_many_inserts_and_publishes_thousands_in_order(broker):
     assert sorted(broker_ids(broker)) == sorted(str(job.id) for job in jobs)
 
 
+def test_job_ids_are_time_ordered_so_new_rows_extend_the_primary_key(broker):
+    first = job_enqueue(task_name="ops.ping")
+    batch = job_enqueue_many(requests=[JobRequest("ops.ping")] * 3)
+    last = job_enqueue(task_name="ops.ping")
+
+    ids = [first.id, *(job.id for job in batch), last.id]
+    assert {job_id.version for job_id in ids} == {7} and Job().id.version == 7
+    assert ids == sorted(ids)
+    assert list(Job.objects.order_by("pk").values_list("pk", flat=True)) == ids  # as the database orders them
+
+
 def test_enqueue_many_resolves_repeated_keys_to_one_job_each(broker):
     earlier = job_enqueue(task_name="ops.ping", idempotency_key="a")
     jobs = job_enqueue_many(

@@ -121,7 +121,7 @@ def test_a_failed_write_of_many_raises_after_the_publish_and_writes_nothing(brok
 def test_a_failed_insert_raises_after_the_publish_and_leaves_the_connection_usable(broker):
     taken = job_enqueue(task_name=TASK)
 
-    with mock.patch("tasks.services.jobs.uuid.uuid4", return_value=taken.pk), pytest.raises(IntegrityError):
+    with mock.patch("tasks.services.jobs.uuid7", return_value=taken.pk), pytest.raises(IntegrityError):
         job_enqueue(task_name=TASK)
 
     assert Job.objects.count() == 1

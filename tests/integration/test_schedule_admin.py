@@ -331,6 +331,30 @@ def test_the_change_page_lists_the_last_runs_with_their_states_linked_to_the_led
     assert other.name in other_row
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's plans")
+def test_the_last_runs_queries_can_use_the_index_of_schedules_jobs(admin_client):
+    """job_schedule_runs holds only schedules' jobs: a query that does not repeat its condition
+    would read the whole ledger."""
+    schedule = PeriodicTask.objects.create(name="Pinger", task="ops.ping", interval=every(60))
+    ledger_job("beat:Pinger", Job.State.SUCCEEDED, timedelta(minutes=1))
+
+    with CaptureQueriesContext(connection) as queries:
+        admin_client.get(change_url(schedule))
+        admin_client.get(CHANGELIST_URL)
+
+    ledger_reads = [query["sql"] for query in queries if re.search(r'FROM "tasks_job"', query["sql"])]
+    assert len(ledger_reads) == 3  # the change page's last runs; the list's latest run, two queries
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")  # a table this small is read whole otherwise
+        try:
+            for sql in ledger_reads:
+                cursor.execute(f"EXPLAIN {sql}")
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                assert "job_schedule_runs" in plan, plan
+        finally:
+            cursor.execute("RESET enable_seqscan")
+
+
 def test_the_schedule_list_costs_the_same_queries_for_more_schedules(admin_client):
     def listing_queries() -> int:
         with CaptureQueriesContext(connection) as queries:
