@@ -17,10 +17,11 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 
 # Static files are part of the image (WhiteNoise serves them). Settings insist on a secret key
-# and a payment gateway, so this one command gets a throwaway key and the sandbox's defaults;
-# the image's environment never holds them.
+# and a payment gateway, so this one command gets throwaway ones (never called; the sandbox is for
+# DEBUG only); the image's environment never holds them.
 # The code stays root-owned (read-only to the app); only var/ (a SQLite fallback) is writable.
-RUN DJANGO_SECRET_KEY=collectstatic-only PAYMENT_SANDBOX=true python manage.py collectstatic --noinput \
+RUN DJANGO_SECRET_KEY=collectstatic-only PAYMENT_GATEWAY_URL=http://gateway.invalid/charges \
+    PAYMENT_GATEWAY_API_KEY=collectstatic-only python manage.py collectstatic --noinput \
     && mkdir -p var/media var/flower && chown -R app:app var
 
 USER app

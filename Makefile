@@ -17,8 +17,13 @@ run: $(INSTALLED)
 	$(PY) -m project.launcher
 
 ## test: the whole suite against real Redis, worker, beat and Flower processes (and headless Chromium)
-test: $(INSTALLED) chromium
+test: $(INSTALLED) chromium var/local.env
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## var/local.env: this checkout's local settings, generated secrets and local defaults, read by every
+## process (project/localconfig.py); written once, never overwritten (`make run` writes it too)
+var/local.env: | $(INSTALLED)
+	$(PY) -c 'from project import localconfig; localconfig.main()'
 
 ## chromium: Debian's Chromium for the browser tests (tests/e2e/test_job_page.py), installed as root
 ## when missing; Playwright drives it, its own browser download is never used.
@@ -42,15 +47,25 @@ bench: $(INSTALLED)
 	$(PY) -m bench --runs $(BENCH_RUNS) $(BENCH_ARGS)
 	$(PY) -m bench.report_memory
 
-## fuzz: the schemathesis run against the API and the payload property tests, far longer than in
-## `make test` (FUZZ_EXAMPLES per API operation, PROPERTY_EXAMPLES per payload schema), with fresh
-## random data each run (FUZZ_RANDOM) instead of CI's fixed seed
+## fuzz: the schemathesis runs against the API (in-process, and over HTTP against a web process they
+## start) and the payload property tests, far longer than in `make test` (FUZZ_EXAMPLES per API
+## operation, PROPERTY_EXAMPLES per payload schema), with fresh random data each run (FUZZ_RANDOM)
+## instead of CI's fixed seed.
+## fuzz FUZZ_LIVE=1: schemathesis (`st run`, every check) against a live `make run`: the one answering
+## at WEB_PORT, else one it starts and stops; a fresh seed each run, printed (FUZZ_SEED=<seed> replays)
 FUZZ_EXAMPLES ?= 500
 PROPERTY_EXAMPLES ?= 5000
+FUZZ_LIVE ?=
+FUZZ_SEED ?=
 fuzz: $(INSTALLED)
+ifeq ($(FUZZ_LIVE),)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) PROPERTY_EXAMPLES=$(PROPERTY_EXAMPLES) FUZZ_RANDOM=1 \
 		$(PY) -m pytest -o timeout=3600 \
-		tests/integration/test_fuzz_api.py tests/unit/test_payload_properties.py $(PYTEST_ARGS)
+		tests/integration/test_fuzz_api.py tests/integration/test_fuzz_live.py tests/unit/test_payload_properties.py \
+		$(PYTEST_ARGS)
+else
+	$(PY) -m tests.fuzz_live --examples $(FUZZ_EXAMPLES) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
+endif
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -11,9 +11,14 @@ FLOWER_PURGE_OFFLINE_WORKERS work as Flower documents them.
 
 import os
 
+from project.localconfig import missing_hint
+
+# The `project` package, imported by Flower's entry point first, has read the checkout's var/local.env.
 _credentials = [item.strip() for item in os.environ.get("FLOWER_BASIC_AUTH", "").split(",") if item.strip()]
 if not _credentials:
-    raise SystemExit("configuration error: FLOWER_BASIC_AUTH is required (user:password); Flower never runs open")
+    raise SystemExit(
+        f"configuration error: FLOWER_BASIC_AUTH is required (user:password); Flower never runs open{missing_hint()}"
+    )
 if any(not user or not password for user, _, password in (c.partition(":") for c in _credentials)):
     raise SystemExit("configuration error: FLOWER_BASIC_AUTH must be user:password[,user:password...]")
 

@@ -43,8 +43,13 @@ def bench_environment(sqlite_path: Path) -> Iterator[Environment]:
     empty a shared broker again and stop the Redis the bench started."""
     os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key")
-    os.environ.setdefault("PAYMENT_SANDBOX", "true")  # settings want a payment gateway; none is called
-    # A DEBUG process keeps every query it runs in memory: not what is deployed, nor measured.
+    # Settings want a payment gateway; none is called, so a throwaway one (the sandbox wants DEBUG,
+    # and a developer's var/local.env turns it on).
+    os.environ["PAYMENT_SANDBOX"] = "false"
+    os.environ.setdefault("PAYMENT_GATEWAY_URL", "http://gateway.invalid/charges")
+    os.environ.setdefault("PAYMENT_GATEWAY_API_KEY", "bench-only-key")
+    # A DEBUG process keeps every query it runs in memory: not what is deployed, nor measured (set
+    # here, it also wins over the DJANGO_DEBUG=true of a developer's var/local.env).
     os.environ["DJANGO_DEBUG"] = "false"
     # Statements are counted by the processes of the costs scenario only (see bench.scenarios.costs).
     os.environ.pop("DB_STATEMENT_COUNTER_URL", None)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
+from project.localconfig import missing_hint
+
 #: every environment variable read so far, name -> default (None when required)
 READ: dict[str, str | None] = {}
 
@@ -34,7 +36,7 @@ def _raw(name: str, default: str | None) -> str | None:
 def env_str(name: str, default: str | None = None, *, allow_empty: bool = False) -> str:
     value = _raw(name, default)
     if value is None or (value == "" and not allow_empty):
-        raise SettingError(name, "is required but not set")
+        raise SettingError(name, f"is required but not set{missing_hint()}")
     return value
 
 

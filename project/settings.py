@@ -45,12 +45,15 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    # The API docs' Swagger UI from ninja's own static files (collected, served by WhiteNoise), not a CDN
+    "ninja",
+    # Bootstrap's stylesheet for the customer-facing pages, served by the platform itself
+    "bootstrap",
     "tasks",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "tasks.middleware.ApiBodyLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -76,6 +79,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tasks.views.mail.mail_page_context",
             ],
         },
     },
@@ -138,8 +142,14 @@ STORAGES = {
 
 #: how often the relay looks for unpublished and due delayed jobs
 RELAY_INTERVAL_SECONDS = env_int("RELAY_INTERVAL_SECONDS", 1, minimum=1)
-#: succeeded jobs are pruned from the ledger after this many days (failed and dead ones are kept)
+#: succeeded jobs are pruned from the ledger after this many days (nightly, jobs.prune_finished)
 JOB_RETENTION_DAYS = env_int("JOB_RETENTION_DAYS", 30, minimum=1)
+#: failed, dead and cancelled jobs are pruned after this many days: longer, they are what ops look into
+JOB_FAILED_RETENTION_DAYS = env_int("JOB_FAILED_RETENTION_DAYS", 90, minimum=1)
+#: sales reports (row and PDF) are deleted this many days after they were built (nightly)
+REPORT_RETENTION_DAYS = env_int("REPORT_RETENTION_DAYS", 30, minimum=1)
+#: ops.mark's keys in Redis expire after this many seconds (a week)
+OPS_MARK_TTL_SECONDS = env_int("OPS_MARK_TTL_SECONDS", 7 * 24 * 3600, minimum=1)
 
 # Failure handling: a task may override each of these, and an enqueue may override max attempts.
 #: runs a job gets before it is dead (the first run counts)
@@ -152,14 +162,23 @@ TASK_MAX_WORKER_LOSSES = env_int("TASK_MAX_WORKER_LOSSES", 3, minimum=1)
 
 # --- the shop: payments, e-mail, webhooks, maintenance --------------------------------------
 #: serve the sandbox payment gateway (/sandbox/payments/charges, test tokens tok_ok, tok_decline,
-#: tok_flaky, tok_slow); `make run` turns it on, never leave it on where real payments are taken
+#: tok_flaky, tok_slow); on with DEBUG (`make run`), never where real payments are taken
 PAYMENT_SANDBOX = env_bool("PAYMENT_SANDBOX", DEBUG)
+#: the sandbox without DEBUG (the test suite, a demo deployment) only when said so; logged as a WARNING
+PAYMENT_SANDBOX_WITHOUT_DEBUG = env_bool("PAYMENT_SANDBOX_WITHOUT_DEBUG", False)
+if PAYMENT_SANDBOX and not DEBUG and not PAYMENT_SANDBOX_WITHOUT_DEBUG:
+    raise SettingError(
+        "PAYMENT_SANDBOX",
+        "is on with DJANGO_DEBUG off: tok_ok would pay for any order; turn it off, or set "
+        "PAYMENT_SANDBOX_WITHOUT_DEBUG=true if this is no real shop",
+    )
 #: the web process's port, for the sandbox gateway's default address
 WEB_PORT = env_int("WEB_PORT", 8000, minimum=1)
 _sandbox_url = f"http://127.0.0.1:{WEB_PORT}/sandbox/payments/charges" if PAYMENT_SANDBOX else None
 #: the payment gateway's charge endpoint (POST), and the key it expects as a bearer token
 PAYMENT_GATEWAY_URL = env_http_url("PAYMENT_GATEWAY_URL", _sandbox_url)
-PAYMENT_GATEWAY_API_KEY = env_str("PAYMENT_GATEWAY_API_KEY", "sandbox-key" if PAYMENT_SANDBOX else None)
+# A public default key only in development; local.env has a random one.
+PAYMENT_GATEWAY_API_KEY = env_str("PAYMENT_GATEWAY_API_KEY", "sandbox-key" if PAYMENT_SANDBOX and DEBUG else None)
 #: a gateway that has not answered after this long is treated as down (the charge is retried)
 PAYMENT_GATEWAY_TIMEOUT_SECONDS = env_int("PAYMENT_GATEWAY_TIMEOUT_SECONDS", 5, minimum=1)
 #: retries of a charge after a timeout or a 5xx, and the first backoff (doubled each retry)
@@ -180,6 +199,10 @@ EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "shop@localhost")
 #: this site's address, for links in e-mails
 SITE_URL = env_http_url("SITE_URL", f"http://127.0.0.1:{WEB_PORT}")
+#: the Maildir of the local mail catcher (`make run`; var/local.env sets it), shown at /mail/ with
+#: DEBUG on; empty: no mail page
+_mail_dir = env_str("MAIL_CATCHER_DIR", "", allow_empty=True)
+MAIL_CATCHER_DIR = (BASE_DIR / _mail_dir) if _mail_dir else None
 
 #: webhook deliveries: how long a receiver may take, attempts before a delivery is dead, first backoff
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
@@ -193,14 +216,34 @@ PENDING_ORDER_ALERT_MINUTES = env_int("PENDING_ORDER_ALERT_MINUTES", 10, minimum
 #: beat leader lease in Redis: a standby beat takes over within twice this after the leader dies
 BEAT_LEASE_SECONDS = env_int("BEAT_LEASE_SECONDS", 10, minimum=2)
 
-#: largest JSON body the API accepts
+#: largest request body on any path: refused (413) by tasks.middleware.BodyLimit before it is read
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
 #: jobs one user may enqueue through the API a minute: a burst up to it, then refilled evenly; a
 #: batch counts each job; staff are limited too. 0 turns it off. The default lets a full batch (1000) through.
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 1200)
+#: jobs one user (or token) may have not yet finished at once, counted at each API enqueue; 0: no cap.
+#: Past a full batch (1000) with room to spare; a service token gets its own in admin (EnqueueLimits).
+API_MAX_ACTIVE_JOBS = env_int("API_MAX_ACTIVE_JOBS", 5000)
+#: the most urgent priority a user who is not an operator may ask for (0 most urgent ... 9); the
+#: default priority, so users' jobs never jump ahead of the platform's own urgent work
+API_USER_HIGHEST_PRIORITY = env_int("API_USER_HIGHEST_PRIORITY", 5)
+if API_USER_HIGHEST_PRIORITY > 9:
+    raise SettingError("API_USER_HIGHEST_PRIORITY", f"must be a priority from 0 to 9, got {API_USER_HIGHEST_PRIORITY}")
+#: orders one user may place a minute (API and form alike): a card tester tries many cards fast
+ORDER_RATE_LIMIT_PER_MINUTE = env_int("ORDER_RATE_LIMIT_PER_MINUTE", 10)
 #: largest payload of one job as JSON (it travels in the message and is kept in the ledger)
 JOB_MAX_PAYLOAD_BYTES = env_int("JOB_MAX_PAYLOAD_BYTES", 64 * 1024, minimum=1024)
+#: the one knob: the ASGI wrapper and Django's own check (the second line) both read this
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+#: live-progress streams (SSE) one user may hold open across all web processes; an order page opens
+#: one a step not finished (up to three), so ten leave room for a few pages; over it 429 too_many_streams
+SSE_MAX_STREAMS_PER_USER = env_int("SSE_MAX_STREAMS_PER_USER", 10, minimum=1)
+#: streams one web process holds open: each is a coroutine and a queue, and one id in a single
+#: ledger query every 2 s; 500 keep that query small and leave the process its API latency
+SSE_MAX_STREAMS_PER_PROCESS = env_int("SSE_MAX_STREAMS_PER_PROCESS", 500, minimum=1)
+#: seconds after which a stream ends even if its job has not (the browser reconnects by itself): a
+#: vanished client's slot is freed by then, and a reconnect costs only one check and one read
+SSE_MAX_STREAM_SECONDS = env_int("SSE_MAX_STREAM_SECONDS", 300, minimum=1)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = {

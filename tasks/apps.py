@@ -1,6 +1,10 @@
+import logging
+
 from django.apps import AppConfig
 from django.conf import settings
 from django.db.models.signals import post_migrate
+
+logger = logging.getLogger(__name__)
 
 
 class TasksConfig(AppConfig):
@@ -14,6 +18,12 @@ class TasksConfig(AppConfig):
         from tasks.services.schedules import schedules_seed
 
         post_migrate.connect(schedules_seed, sender=self)
+        if settings.PAYMENT_SANDBOX and not settings.DEBUG:
+            # Settings refuse this unless PAYMENT_SANDBOX_WITHOUT_DEBUG says so: said loudly by every process.
+            logger.warning(
+                "PAYMENT_SANDBOX_WITHOUT_DEBUG is on: the sandbox payment gateway runs with DEBUG off, "
+                "and tok_ok pays for any order. Never where real payments are taken."
+            )
         if settings.DB_STATEMENT_COUNTER_URL:
             from project.statement_counter import install
 

@@ -2,7 +2,7 @@ from django.urls import path
 
 from tasks import live
 from tasks.api import api
-from tasks.views import accounts, health, orders, reports, sandbox
+from tasks.views import accounts, health, mail, orders, reports, sandbox
 
 urlpatterns = [
     # Before the API: a streaming async view of its own, outside django-ninja.
@@ -14,4 +14,5 @@ urlpatterns = [
     *reports.urlpatterns,
     *accounts.urlpatterns,
     *sandbox.urlpatterns,
+    *mail.urlpatterns,
 ]

@@ -13,8 +13,9 @@ import yaml
 from tasks.queues import QueueName
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-#: Procfile processes with no compose twin: compose runs the official Redis image instead
-LOCAL_ONLY_PROCESSES = {"redis"}
+#: Procfile processes with no compose twin: compose runs the official Redis image instead, and
+#: production mail goes to a real SMTP server, not the local catcher
+LOCAL_ONLY_PROCESSES = {"redis", "mail"}
 BACKING_SERVICES = ("redis", "postgres")
 #: environment variables read by third-party code rather than by the project
 THIRD_PARTY_ENV = {"UVICORN_HOST"}
@@ -185,6 +186,29 @@ def test_backing_services_are_durable_and_healthchecked(services, app_services):
             assert deps.get(backing) == "service_healthy", f"{name} must wait for {backing} to be healthy: {deps}"
         if name != "migrate":
             assert deps.get("migrate") == "service_completed_successfully", f"{name} must wait for migrate: {deps}"
+
+
+#: Redis's memory units (redis.conf): k/m/g are powers of 1000, kb/mb/gb of 1024
+_REDIS_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 2**10, "m": 10**6, "mb": 2**20, "g": 10**9, "gb": 2**30}
+_REDIS_MEMORY = re.compile(r"^(\d+)([a-z]*)$")
+_WITH_DEFAULT = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*:-([^}]+)\}$")
+
+
+def _redis_bytes(value: str) -> int:
+    """A Redis memory value (``1gb``, ``500mb``, ``1000000``) in bytes; ``${VAR:-1gb}`` counts as its default."""
+    default = _WITH_DEFAULT.match(value)
+    match = _REDIS_MEMORY.match((default[1] if default else value).strip().lower())
+    assert match and match[2] in _REDIS_UNITS, f"not a Redis memory value: {value!r}"
+    return int(match[1]) * _REDIS_UNITS[match[2]]
+
+
+def test_redis_has_a_memory_ceiling_and_refuses_writes_when_full(services):
+    # Without maxmemory Redis grows until the host kills it; with an evicting policy a full Redis
+    # would delete keys, the broker's queue lists among them. noeviction refuses writes instead.
+    args = shlex.split(_command_text(services["redis"].get("command")))
+    assert args.count("--maxmemory") == 1, f"redis must run with --maxmemory: {args}"
+    assert _redis_bytes(args[args.index("--maxmemory") + 1]) >= 64 * 2**20, "maxmemory is 0 (no limit) or tiny"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
 
 
 def test_depends_on_targets_exist(services):

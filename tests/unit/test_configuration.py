@@ -8,14 +8,17 @@ import pytest
 from tests.support.processes import BASE_DIR, BIN_DIR
 
 
-def start(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+def start(argv: list[str], **env: str | None) -> subprocess.CompletedProcess:
+    """``argv`` with the test environment and ``env`` (None: unset), and no local settings file."""
     environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings",
         "DJANGO_SECRET_KEY": "x" * 50,
         "FLOWER_BASIC_AUTH": "ops:secret-pass",
+        "LOCAL_ENV_FILE": "",
         **env,
     }
+    environment = {name: value for name, value in environment.items() if value is not None}
     return subprocess.run(argv, cwd=BASE_DIR, env=environment, capture_output=True, text=True, timeout=60)
 
 
@@ -66,3 +69,37 @@ def test_flower_refuses_to_start_without_basic_auth(credentials):
     assert done.returncode != 0
     assert "configuration error: FLOWER_BASIC_AUTH" in done.stderr
     assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
+# --- the sandbox payment gateway only where it belongs ---------------------------------------------
+
+SANDBOX_WITHOUT_DEBUG = {"DJANGO_DEBUG": "false", "PAYMENT_SANDBOX": "true", "PAYMENT_GATEWAY_API_KEY": "test-key"}
+
+
+def test_the_sandbox_with_debug_off_refuses_to_start_and_names_the_setting():
+    done = start(MANAGE_CHECK, **SANDBOX_WITHOUT_DEBUG, PAYMENT_SANDBOX_WITHOUT_DEBUG=None)
+
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert done.stderr.startswith("configuration error: PAYMENT_SANDBOX is on with DJANGO_DEBUG off"), done.stderr
+    assert "PAYMENT_SANDBOX_WITHOUT_DEBUG=true" in done.stderr  # how to say so, if meant
+
+
+def test_the_sandbox_without_debug_starts_when_said_so_and_every_process_warns():
+    done = start(MANAGE_CHECK, **SANDBOX_WITHOUT_DEBUG, PAYMENT_SANDBOX_WITHOUT_DEBUG="true")
+
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "PAYMENT_SANDBOX_WITHOUT_DEBUG" in line]
+    assert len(warnings) == 1, done.stderr
+    assert " WARNING tasks.apps: PAYMENT_SANDBOX_WITHOUT_DEBUG is on" in warnings[0]
+
+
+def test_without_debug_the_sandbox_key_has_no_public_default():
+    done = start(
+        MANAGE_CHECK, **{**SANDBOX_WITHOUT_DEBUG, "PAYMENT_GATEWAY_API_KEY": None}, PAYMENT_SANDBOX_WITHOUT_DEBUG="true"
+    )
+
+    assert done.returncode != 0
+    assert (
+        done.stderr.strip().splitlines()[-1] == "configuration error: PAYMENT_GATEWAY_API_KEY is required but not set"
+    )

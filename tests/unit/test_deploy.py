@@ -52,6 +52,8 @@ def production_env(**overrides: str) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="project.settings", DJANGO_HTTPS="true", MEDIA_ROOT=str(BASE_DIR / "var" / "media")
     )
+    # The image has no var/local.env (.dockerignore): this checkout's must not fill in what compose leaves unset.
+    env["LOCAL_ENV_FILE"] = ""
     env.pop("DJANGO_DEBUG", None)
     env.update(overrides)
     return {name: value for name, value in env.items() if value is not None}

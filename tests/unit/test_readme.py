@@ -6,7 +6,13 @@ import celeryconfig  # noqa: F401 - importing it records the Celery settings' va
 from project.env import READ
 from tests.support.processes import BASE_DIR
 
-SOURCES = ["Procfile", "flowerconfig.py", "project/launcher.py", "tasks/management/commands/ensure_admin.py"]
+SOURCES = [
+    "Procfile",
+    "flowerconfig.py",
+    "project/launcher.py",
+    "project/localconfig.py",
+    "tasks/management/commands/ensure_admin.py",
+]
 NAME = re.compile(r"""\$\{([A-Z][A-Z0-9_]+)|environ(?:\.get\(|\[)["']([A-Z][A-Z0-9_]+)""")
 
 
