@@ -67,6 +67,8 @@ task_routes = {
     "orders.validate_payment": {"queue": QueueName.CRITICAL.value},
     "orders.reserve_inventory": {"queue": QueueName.CRITICAL.value},
     "orders.send_confirmation": {"queue": QueueName.CRITICAL.value},
+    # A quote is a short read of the catalogue, asked for through the API.
+    "orders.quote": {"queue": QueueName.DEFAULT.value},
     # Shop housekeeping fired by beat.
     "orders.prune_cancelled": {"queue": QueueName.DEFAULT.value},
     "orders.alert_stuck_pending": {"queue": QueueName.DEFAULT.value},

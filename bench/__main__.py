@@ -42,6 +42,22 @@ VAR_DIR = BASE_DIR / "var" / "bench"
 BENCH_USER = "bench"
 
 
+def bench_operator():
+    """The bench's user: an operator (the ops.* tasks) with no rate or active-job cap, as a service
+    account the batch API exists for is given in admin."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    from tasks.models import EnqueueLimits
+    from tasks.permissions import OPERATOR_PERMISSION
+
+    owner, _ = get_user_model().objects.update_or_create(username=BENCH_USER, defaults={"is_staff": True})
+    app_label, codename = OPERATOR_PERMISSION.split(".")
+    owner.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    EnqueueLimits.objects.update_or_create(user=owner, defaults={"rate_per_minute": 0, "max_active_jobs": 0})
+    return owner
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per figure, the median is reported (default 5)")
@@ -75,10 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     with bench_environment(sqlite_path=VAR_DIR / "bench.sqlite3") as environment:
         counter = start_bundled_redis()
         try:
-            from django.contrib.auth import get_user_model
-
-            owner, _ = get_user_model().objects.get_or_create(username=BENCH_USER)
-            bench = Bench(sizes, log_dir, counter.url, owner, smoke=args.smoke)
+            bench = Bench(sizes, log_dir, counter.url, bench_operator(), smoke=args.smoke)
             bench.reset()
             print(f"database {environment.database} ({environment.database_url}), redis {environment.redis}")
             results = Results()

@@ -1,4 +1,8 @@
-"""API authentication: ``Authorization: Bearer <token>`` or a browser session (with CSRF)."""
+"""API authentication: ``Authorization: Bearer <token>`` or a browser session (with CSRF).
+
+A request authenticated by a token carries it as ``request.api_token`` (its limits may differ from
+its user's); a session request has none.
+"""
 
 from datetime import timedelta
 
@@ -14,8 +18,11 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 class BearerToken(HttpBearer):
     def authenticate(self, request, token: str):
         try:
-            # get(), not first(): the digest is unique, and first() would order the rows too.
-            row = ApiToken.objects.select_related("user").get(digest=token_digest(token))
+            # get(), not first(): the digest is unique, and first() would order the rows too. The
+            # enqueue limits of the token and its user come in the same query (allowances).
+            row = ApiToken.objects.select_related("user", "enqueue_limits", "user__enqueue_limits").get(
+                digest=token_digest(token)
+            )
         except ApiToken.DoesNotExist:
             return None
         if not row.user.is_active:
@@ -24,7 +31,7 @@ class BearerToken(HttpBearer):
         # At most one write a minute per token: a write per request would double the API's cost.
         if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
             ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
-        request.user = row.user
+        request.user, request.api_token = row.user, row
         return row.user
 
 

@@ -1,12 +1,10 @@
-"""Per-user enqueue rate limit of the HTTP API, kept in Redis so every web process shares it.
+"""Rate limits kept in Redis, so every web process shares them: a bucket per caller and purpose.
 
-Each user has a bucket of ``API_RATE_LIMIT_PER_MINUTE`` jobs that refills evenly over a minute
-(GCRA, the token bucket in one timestamp): a client may enqueue a burst up to the limit at once,
-then the limit per minute. A batch counts each of its jobs; an order, a report and a retry count
-one. Staff are limited too: a runaway script with a staff token floods the queues as well as any
-other. Over the limit the endpoint answers 429 ``{"detail", "code": "throttled"}`` with
-``Retry-After`` (seconds) and nothing is enqueued. The check is one Lua script, so concurrent
-requests (any web process) can never both take the last slot.
+A bucket holds ``limit`` units a minute and refills evenly (GCRA, the token bucket in one
+timestamp): a caller may spend a burst up to the limit at once, then the limit per minute. The
+check is one Lua script, so concurrent requests (any web process) can never both take the last
+unit. Who gets which bucket and limit is decided by tasks.services.allowances (enqueues: each job
+counts one) and by the order service (placed orders).
 
 Redis down: the request is let through (a WARNING is logged), since the enqueue itself then
 degrades to a pending job that the relay publishes later; refusing would turn a broker outage
@@ -16,16 +14,12 @@ into an API outage.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +27,10 @@ logger = logging.getLogger(__name__)
 PERIOD_MS = 60_000
 #: how long a request waits for Redis before it is let through unchecked
 REDIS_TIMEOUT_SECONDS = 0.5
-KEY_PREFIX = "platform:ratelimit:enqueue:"
+KEY_PREFIX = "platform:ratelimit:"
 
-# GCRA: the key holds the "theoretical arrival time" (ms) of the next job. A request of ``cost``
-# jobs is allowed when, after adding cost * interval to it, it is at most one period ahead of now.
+# GCRA: the key holds the "theoretical arrival time" (ms) of the next unit. A request of ``cost``
+# units is allowed when, after adding cost * interval to it, it is at most one period ahead of now.
 # Redis's own clock, so web processes on different hosts agree. Returns {allowed, wait_ms}.
 _GCRA = """
 local interval = tonumber(ARGV[1])
@@ -71,23 +65,23 @@ def _script(url: str):
     return _client(url).register_script(_GCRA)
 
 
-def enqueue_allowance(*, user_id: int, cost: int = 1) -> Verdict:
-    """Take ``cost`` jobs from the user's bucket, or say how long to wait. Never raises."""
-    limit = settings.API_RATE_LIMIT_PER_MINUTE
-    if limit <= 0 or cost <= 0:
+def take(*, bucket: str, limit_per_minute: int, cost: int = 1, what: str = "jobs") -> Verdict:
+    """Take ``cost`` units from ``bucket`` (``limit_per_minute`` a minute, 0: no limit), or say how
+    long to wait. ``what`` names the units in the refusal. Never raises."""
+    if limit_per_minute <= 0 or cost <= 0:
         return Verdict(True)
-    if cost > limit:
+    if cost > limit_per_minute:
         return Verdict(
             False,
             retry_after=PERIOD_MS // 1000,
-            detail=f"{cost} jobs in one request exceed the limit of {limit} jobs a minute: split the batch",
+            detail=f"{cost} {what} in one request exceed the limit of {limit_per_minute} {what} a minute: split it",
         )
     try:
         allowed, wait_ms = _script(settings.REDIS_URL)(
-            keys=[f"{KEY_PREFIX}{user_id}"], args=[PERIOD_MS / limit, PERIOD_MS, cost]
+            keys=[f"{KEY_PREFIX}{bucket}"], args=[PERIOD_MS / limit_per_minute, PERIOD_MS, cost]
         )
     except (redis.RedisError, OSError) as exc:
-        logger.warning("enqueue rate limit not checked for user %s (Redis: %s); request let through", user_id, exc)
+        logger.warning("rate limit of %s not checked (Redis: %s); request let through", bucket, exc)
         return Verdict(True)
     if allowed:
         return Verdict(True)
@@ -95,37 +89,5 @@ def enqueue_allowance(*, user_id: int, cost: int = 1) -> Verdict:
     return Verdict(
         False,
         retry_after=retry_after,
-        detail=f"enqueue rate limit of {limit} jobs a minute reached: retry after {retry_after} s",
+        detail=f"rate limit of {limit_per_minute} {what} a minute reached: retry after {retry_after} s",
     )
-
-
-def throttled_response(verdict: Verdict) -> JsonResponse:
-    response = JsonResponse({"detail": verdict.detail, "code": "throttled"}, status=429)
-    response["Retry-After"] = str(verdict.retry_after)
-    return response
-
-
-def rate_limited(cost: Callable[..., int] | None = None):
-    """Decorate an API endpoint that enqueues work: over the caller's limit it answers 429 and the
-    view does not run. ``cost`` gets the view's keyword arguments (e.g. ``body``) and says how many
-    jobs the request asks for; one by default. Put it under ``@api.post``, after authentication."""
-
-    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(view)  # keeps the signature django-ninja reads the parameters from
-        def limited(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            jobs = 1 if cost is None else cost(**kwargs)
-            verdict = enqueue_allowance(user_id=request.user.pk, cost=jobs)
-            if not verdict.allowed:
-                logger.info(
-                    "user %s throttled: %s jobs asked, retry after %s s", request.user.pk, jobs, verdict.retry_after
-                )
-                return throttled_response(verdict)
-            return view(request, *args, **kwargs)
-
-        # Annotations resolved in the view's module: django-ninja would look string annotations
-        # (``from __future__ import annotations``) up in this module's globals instead.
-        limited.__signature__ = inspect.signature(view, eval_str=True)
-        limited.enqueues = True  # tests find every endpoint that enqueues by this mark
-        return limited
-
-    return decorate

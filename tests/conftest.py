@@ -188,11 +188,30 @@ def bearer(user) -> dict[str, str]:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
+def create_operator(username: str, **fields):
+    """An operator (tasks.permissions): a staff user who may add jobs, so may enqueue the ``ops.*``
+    tasks on any queue and priority, and who sees only their own jobs (no view permission)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    operator = get_user_model().objects.create_user(username, is_staff=True, **fields)
+    operator.user_permissions.add(Permission.objects.get(content_type__app_label="tasks", codename="add_job"))
+    return operator
+
+
+def grant(user, *codenames: str):
+    """``user`` with these permissions of the tasks app added (e.g. "view_job"), fetched afresh so
+    that Django's permission cache sees them."""
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="tasks", codename__in=codenames))
+    return type(user).objects.get(pk=user.pk)
+
+
 @pytest.fixture
 def user():
-    from django.contrib.auth import get_user_model
-
-    return get_user_model().objects.create_user("dev", password="unused-pass-123")
+    """The API client of most tests: an operator, so it may enqueue the ops.* tasks it drives."""
+    return create_operator("dev", password="unused-pass-123")
 
 
 @pytest.fixture

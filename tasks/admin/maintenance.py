@@ -31,7 +31,7 @@ class OpsAlertAdmin(admin.ModelAdmin):
     readonly_fields = ("kind", "subject", "message", "raised_at", "resolved_at")
     actions = ["mark_resolved"]
 
-    @admin.action(description="Mark resolved")
+    @admin.action(description="Mark resolved", permissions=["change"])
     def mark_resolved(self, request, queryset) -> None:
         resolved = queryset.filter(resolved_at__isnull=True).update(resolved_at=timezone.now())
         self.message_user(request, f"{resolved} alert(s) marked resolved.", messages.SUCCESS)

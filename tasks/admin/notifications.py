@@ -164,7 +164,12 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def job_error(self, delivery: WebhookDelivery) -> str:
         return delivery.job.error if delivery.job_id else ""
 
-    @admin.action(description="Retry selected failed/dead deliveries")
+    def has_retry_permission(self, request) -> bool:
+        # Deliveries are read-only (has_change_permission is False for their fields); retrying one
+        # changes it, so the action asks for the model's change permission itself.
+        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    @admin.action(description="Retry selected failed/dead deliveries", permissions=["retry"])
     def retry_deliveries(self, request, queryset) -> None:
         def retry(delivery: WebhookDelivery) -> None:
             if delivery.job_id is None:

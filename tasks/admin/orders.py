@@ -93,7 +93,7 @@ class OrderAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
-    @admin.action(description="Cancel the selected orders (reserved stock goes back)")
+    @admin.action(description="Cancel the selected orders (reserved stock goes back)", permissions=["change"])
     def cancel_orders(self, request, queryset) -> None:
         cancel = partial(order_cancel, by=request.user, via="admin")
         apply_each(self, request, queryset, lambda order: cancel(order_id=order.pk), done="order(s) cancelled")

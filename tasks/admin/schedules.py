@@ -356,6 +356,19 @@ class ScheduleAdmin(PeriodicTaskAdmin):
         if refused:
             self.message_user(request, "Not run: " + "; ".join(refused), messages.ERROR)
 
+    # django-celery-beat's own actions declare no permission: a view-only user would be offered them.
+    @admin.action(description="Enable the selected schedules", permissions=["change"])
+    def enable_tasks(self, request: HttpRequest, queryset) -> None:
+        super().enable_tasks(request, queryset)
+
+    @admin.action(description="Disable the selected schedules", permissions=["change"])
+    def disable_tasks(self, request: HttpRequest, queryset) -> None:
+        super().disable_tasks(request, queryset)
+
+    @admin.action(description="Toggle the selected schedules on or off", permissions=["change"])
+    def toggle_tasks(self, request: HttpRequest, queryset) -> None:
+        super().toggle_tasks(request, queryset)
+
     def _toggle_tasks_activity(self, queryset) -> int:
         # As a disable by form or action does, forget the last run of a schedule being disabled, so
         # that enabling it again counts from then instead of catching up on the time it was off.

@@ -6,18 +6,22 @@ errors or a batch item's ``index``), and nothing is enqueued.
 """
 
 import json
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
-from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from ninja import Field, NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 
 from tasks.auth import API_AUTH
 from tasks.middleware import body_too_large_response
+from tasks.registry import LEDGER_TASKS, PUBLIC_TASKS
 from tasks.selectors.queues import BrokerUnavailable
+from tasks.services.allowances import Allowance, EnqueueRefused, allowance_for
 from tasks.services.jobs import EnqueueError, contains_nul
 from tasks.services.recovery import ActionRefused
 
@@ -48,13 +52,31 @@ class StrictJSONParser(Parser):
         return data
 
 
-# The interactive docs and schema are for staff (admin session); API clients use the endpoints.
+def for_api_users(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The schema and the docs for anyone the API authenticates (a bearer token or a session), so
+    a token holder can generate a client; anonymous gets 401 JSON, or the sign-in page for the docs."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])  # reads only (and the session's CSRF check passes)
+        if not any(authenticate(request) for authenticate in API_AUTH):
+            # ninja names its docs page's URL "openapi-view", its schema's "openapi-json".
+            if request.resolver_match and request.resolver_match.url_name == "openapi-view":
+                return redirect_to_login(request.get_full_path())
+            body = {"detail": "authentication required: a bearer token or a session", "code": "unauthenticated"}
+            return JsonResponse(body, status=401)
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
 api = NinjaAPI(
     title="Task platform",
     version="1",
     auth=API_AUTH,
     urls_namespace="api",
-    docs_decorator=staff_member_required,
+    docs_decorator=for_api_users,
     parser=StrictJSONParser(),
 )
 
@@ -88,12 +110,17 @@ class Unprocessable(Error):
 # --- errors ----------------------------------------------------------------------------------
 
 
-class IdempotencyKeyInUse(Exception):
-    """The key is held by another owner's job, which must not be revealed."""
+class Forbidden(Exception):
+    """The caller is known but may not do this (403)."""
 
-    def __init__(self, index: int | None = None) -> None:
-        super().__init__("idempotency_key is already in use for this task")
-        self.index = index
+    def __init__(self, detail: str, *, code: str = "forbidden") -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+def request_allowance(request: HttpRequest) -> Allowance:
+    """What the caller may enqueue: their user's allowance, or their token's (tasks.auth)."""
+    return allowance_for(user=request.user, token=getattr(request, "api_token", None))
 
 
 def _error(request: HttpRequest, status: int, detail: str, code: str, **extra: Any):
@@ -105,10 +132,18 @@ def _enqueue_error(request: HttpRequest, exc: EnqueueError):
     return _error(request, 422, str(exc), exc.code, **exc.details)
 
 
-@api.exception_handler(IdempotencyKeyInUse)
-def _idempotency_key_in_use(request: HttpRequest, exc: IdempotencyKeyInUse):
+@api.exception_handler(EnqueueRefused)
+def _enqueue_refused(request: HttpRequest, exc: EnqueueRefused):
     extra = {} if exc.index is None else {"index": exc.index}
-    return _error(request, 409, str(exc), "idempotency_key_in_use", **extra)
+    response = _error(request, exc.status, str(exc), exc.code, **extra)
+    if exc.retry_after is not None:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+@api.exception_handler(Forbidden)
+def _forbidden(request: HttpRequest, exc: Forbidden):
+    return _error(request, 403, str(exc), exc.code)
 
 
 @api.exception_handler(ValidationError)
@@ -119,8 +154,20 @@ def _invalid_request(request: HttpRequest, exc: ValidationError):
     errors = [_field_error(error) for error in exc.errors]
     indexes = [error["index"] for error in errors if "index" in error]
     extra = {"index": min(indexes)} if indexes else {}
+    unknown = [error for error in exc.errors if error.get("type") == "union_tag_invalid"]
+    if unknown:
+        task = (unknown[0].get("ctx") or {}).get("tag", "")
+        return _error(request, 422, f"unknown task {task!r}", "unknown_task", tasks=sorted(PUBLIC_TASKS), **extra)
     fields = ", ".join(dict.fromkeys(error["field"] for error in errors))
+    if all(_in_payload(error["field"]) for error in errors):
+        return _error(request, 422, f"invalid payload: {fields}", "invalid_payload", errors=errors, **extra)
     return _error(request, 422, f"invalid request: {fields}", "invalid_request", errors=errors, **extra)
+
+
+def _in_payload(field: str) -> bool:
+    """Whether a field error is inside a job's payload (``payload.x`` or ``jobs.3.payload.x``)."""
+    parts = field.split(".")
+    return parts[0] == "payload" or (len(parts) > 2 and parts[0] == "jobs" and parts[2] == "payload")
 
 
 def _field_error(error: dict[str, Any]) -> dict[str, Any]:
@@ -129,9 +176,17 @@ def _field_error(error: dict[str, Any]) -> dict[str, Any]:
     source = loc.pop(0) if loc else ""
     if source == "body" and loc and loc[0] == "body":
         loc.pop(0)  # the view's parameter name
+    # A job's body is a union told apart by its task: pydantic names the task in the location.
+    loc = [part for part in loc if not (isinstance(part, str) and part in LEDGER_TASKS)]
+    kind = error.get("type")
+    if kind == "union_tag_not_found":
+        loc, message = [*loc, "task"], "Field required"
+    elif kind in ("model_type", "model_attributes_type"):
+        # Not pydantic's "a valid dictionary or instance of <model>": the model's name means nothing here.
+        message = "must be a JSON object"
+    else:
+        message = error.get("msg", "invalid")
     field = ".".join(map(str, loc)) or source
-    # Not pydantic's "a valid dictionary or instance of <model>": the model's name means nothing here.
-    message = "must be a JSON object" if error.get("type") == "model_type" else error.get("msg", "invalid")
     out: dict[str, Any] = {"field": field, "message": message}
     if len(loc) >= 2 and loc[0] == "jobs" and isinstance(loc[1], int):
         out["index"] = loc[1]
@@ -159,7 +214,7 @@ def _has_session(request: HttpRequest) -> bool:
 
 @api.exception_handler(RequestDataTooBig)
 def _body_too_large(request: HttpRequest, exc: RequestDataTooBig):
-    # Normally answered by ApiBodyLimitMiddleware before the view; this covers a direct read.
+    # Over HTTP tasks.middleware.BodyLimit answers before Django reads the body; this is the second line.
     return body_too_large_response()
 
 

@@ -1,46 +1,54 @@
-"""Job endpoints: enqueue (one or a batch), list, get, retry, cancel, and the queue overview."""
+"""Job endpoints: enqueue (one or a batch), list, get, retry, cancel, and the queue overview.
 
-from contextlib import nullcontext
+The body of an enqueue is one of the public tasks, told apart by ``task``, each with its own
+payload schema: the OpenAPI schema states every task's arguments, and a request that fits it is
+accepted unless the caller may not use that task, queue or priority (403, tasks.services.allowances).
+"""
+
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from ninja import Field, Query, Schema, Status
-from ninja.pagination import PageNumberPagination, paginate
-from pydantic import BaseModel
+from ninja import Body, Field, Query, Schema, Status
+from pydantic import BaseModel, ConfigDict, StrictFloat, StrictStr, create_model
 
-from tasks.api.base import Error, IdempotencyKeyInUse, Unprocessable, api
+from tasks.api.base import Error, Forbidden, Unprocessable, api, request_allowance
+from tasks.api.pagination import paginated
+from tasks.json_types import PRINTABLE, json_int
 from tasks.models import Job
 from tasks.models.jobs import JobState
+from tasks.permissions import has_staff_scope
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
-from tasks.ratelimit import rate_limited
+from tasks.registry import PAYLOAD_SCHEMAS, PUBLIC_TASKS, TASK_AUDIENCES
 from tasks.selectors import jobs as job_selectors
 from tasks.selectors.queues import queue_overview
+from tasks.services.allowances import enqueue_admit, job_requests_authorize
 from tasks.services.jobs import MAX_ATTEMPTS_LIMIT, MAX_DELAY, job_enqueue, job_enqueue_many
 from tasks.services.jobs import JobRequest as EnqueueRequest
 from tasks.services.recovery import job_cancel, job_retry
 
 #: most jobs one batch request may enqueue
 BATCH_MAX_JOBS = 1000
-#: jobs per page of GET /api/jobs, by default and at most
-JOBS_PAGE_SIZE = 50
-JOBS_MAX_PAGE_SIZE = 200
 
 
-# A job to enqueue: a plain pydantic model, as the answers below. ninja's Schema wraps each object
-# it validates in a getter for ORM attributes, a seventh of a 1,000-job batch request's time.
-class BatchJobIn(BaseModel):
-    task: str = Field(description="A public task name, e.g. ops.ping.")
-    payload: dict[str, Any] | None = Field(None, description="Arguments, checked against the task's schema.")
-    queue: str | None = Field(None, description="critical, default or bulk; the task's route when left out.")
-    priority: int | None = Field(
-        None, description=f"{PRIORITY_HIGHEST} (most urgent) to {PRIORITY_LOWEST}; {PRIORITY_DEFAULT} when left out."
+class JobOptions(BaseModel):
+    """What every job to enqueue may say besides its task and payload. Strict: JSON types only, as
+    the schema states them (a "5" is not a priority)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    queue: Literal[tuple(QueueName.values)] | None = Field(  # a Literal: strict mode takes no str for an enum
+        None, description="critical, default or bulk; the task's own queue when left out (operators may choose)."
     )
-    delay_seconds: float | None = Field(
+    priority: json_int(ge=PRIORITY_HIGHEST, le=PRIORITY_LOWEST) | None = Field(
+        None,
+        description=f"{PRIORITY_HIGHEST} (most urgent) to {PRIORITY_LOWEST}; {PRIORITY_DEFAULT} when left out. "
+        "Users may not ask for more urgent than their allowance (5 by default).",
+    )
+    delay_seconds: StrictFloat | None = Field(
         None,
         ge=0,
         le=MAX_DELAY.total_seconds(),
@@ -48,36 +56,57 @@ class BatchJobIn(BaseModel):
         description=f"Run no sooner than this many seconds from now (0 to {MAX_DELAY.days} days); "
         "the job is 'scheduled' until then.",
     )
-    idempotency_key: str | None = Field(
+    idempotency_key: StrictStr | None = Field(
         None,
-        description="1 to 200 characters; repeating a task with the same key returns the first job (200).",
+        min_length=1,
+        max_length=200,
+        pattern=PRINTABLE,
+        description="Your key for this job: repeating the task with the same key returns the first job (200).",
     )
-
-    max_attempts: int | None = Field(
-        None, ge=1, le=MAX_ATTEMPTS_LIMIT, description="Runs before the job is dead; the task's default when left out."
+    max_attempts: json_int(ge=1, le=MAX_ATTEMPTS_LIMIT) | None = Field(
+        None, description="Runs before the job is dead; the task's default when left out."
     )
 
     def enqueue_request(self) -> EnqueueRequest:
-        # Positional, in the dataclass's field order: a batch makes a thousand of them.
         return EnqueueRequest(
-            self.task,
-            self.payload,
-            self.queue,
-            self.priority,
-            self.delay_seconds,
-            self.idempotency_key,
-            self.max_attempts,
+            task_name=self.task,
+            payload=self.payload,
+            queue=self.queue,
+            priority=self.priority,
+            delay=self.delay_seconds,
+            idempotency_key=self.idempotency_key,
+            max_attempts=self.max_attempts,
         )
 
 
-# The body of POST /api/jobs: a Schema, whose getter names the missing ``task`` of a body that is
-# not an object (a list), where pydantic would name the model.
-class JobIn(Schema, BatchJobIn):
-    pass
+def _job_model(task_name: str) -> type[JobOptions]:
+    """The body of a job of one public task: its name as ``task``, its schema as ``payload``
+    (which may be left out when every field of it has a default)."""
+    schema = PAYLOAD_SCHEMAS[task_name]
+    required = any(field.is_required() for field in schema.model_fields.values())
+    audience = TASK_AUDIENCES[task_name].value
+    payload = (
+        (schema, Field(description=f"{task_name}'s arguments."))
+        if required
+        else (schema | None, Field(None, description=f"{task_name}'s arguments; all optional."))
+    )
+    return create_model(
+        "Job_" + task_name.replace(".", "_"),
+        __base__=JobOptions,
+        __doc__=f"A job of {task_name} (for {audience}).",
+        task=(Literal[task_name], Field(description="The public task to run.")),
+        payload=payload,
+    )
+
+
+#: one job to enqueue: any public task (registered as the app loaded, before the URLconf)
+JobIn = Annotated[Union[tuple(_job_model(name) for name in sorted(PUBLIC_TASKS))], Field(discriminator="task")]  # noqa: UP007 - a Union of a runtime tuple
 
 
 class BatchIn(BaseModel):
-    jobs: list[BatchJobIn] = Field(
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobIn] = Field(
         min_length=1, max_length=BATCH_MAX_JOBS, description=f"1 to {BATCH_MAX_JOBS} jobs, all enqueued or none."
     )
 
@@ -124,9 +153,15 @@ class JobOut(Schema):
     finished_at: datetime | None
 
 
+#: what a task's name is made of (dotted words); a NUL could not even be compared with the column
+TASK_NAME = r"^[A-Za-z0-9_.:-]+$"
+
+
 class JobFilters(Schema):
     state: JobState | None = Field(None, description="Only jobs in this state.")
-    task: str | None = Field(None, description="Only jobs of this task.")
+    task: str | None = Field(
+        None, max_length=200, pattern=TASK_NAME, description="Only jobs of this task, e.g. orders.quote."
+    )
     queue: QueueName | None = Field(None, description="Only jobs of this queue.")
 
 
@@ -163,16 +198,12 @@ def _job_url_prefix() -> str:
     return reverse("api:job_get", kwargs={"job_id": _ANY_ID}).removesuffix(str(_ANY_ID))
 
 
-def _held_by_someone_else(job: Job, user) -> bool:
-    return not job.created and job.owner_id != user.pk
-
-
 @api.post(
     "/jobs",
     response={
         200: JobAccepted,
         202: JobAccepted,
-        409: Error,
+        403: Error,
         422: Unprocessable,
         429: Error,
         503: JobNotPublished,
@@ -180,16 +211,17 @@ def _held_by_someone_else(job: Job, user) -> bool:
     },
     url_name="job_create",
 )
-@rate_limited()
-def job_create(request: HttpRequest, body: JobIn):
-    """Enqueue a job and answer at once with its id (202); a repeated idempotency key answers 200
-    with the first job, or 409 when another owner holds the key. 503 when Redis is down: the job is
-    kept pending and published by the relay."""
-    # No transaction around it: the insert commits on its own and the publish follows at once,
-    # two round trips (BEGIN, COMMIT) fewer than wrapping one statement in a transaction.
-    job = job_enqueue(**asdict(body.enqueue_request()), owner=request.user, origin="api", public_only=True)
-    if _held_by_someone_else(job, request.user):
-        raise IdempotencyKeyInUse()
+def job_create(request: HttpRequest, body: Body[JobIn]):
+    """Enqueue a job and answer at once with its id (202); your repeated idempotency key answers
+    200 with the first job. 403 for a task, queue or priority outside your allowance, 429 over
+    your rate or active-job cap. 503 when Redis is down: the job is kept pending and published by
+    the relay."""
+    job_request = body.enqueue_request()
+    allowance = request_allowance(request)
+    job_requests_authorize(allowance=allowance, requests=[job_request])
+    enqueue_admit(user=request.user, allowance=allowance, jobs=1)
+    # No transaction around it: the insert commits on its own and the publish follows at once.
+    job = job_enqueue(**asdict(job_request), owner=request.user, origin="api", public_only=True)
     if not job.created:
         return Status(200, _accepted(job))
     if job.publish_error:
@@ -201,7 +233,7 @@ def job_create(request: HttpRequest, body: JobIn):
     "/jobs/batch",
     response={
         202: BatchAccepted,
-        409: Error,
+        403: Error,
         422: Unprocessable,
         429: Error,
         503: BatchNotPublished,
@@ -209,38 +241,35 @@ def job_create(request: HttpRequest, body: JobIn):
     },
     url_name="job_create_batch",
 )
-@rate_limited(cost=lambda body, **_: len(body.jobs))  # each job of the batch counts
 def job_create_batch(request: HttpRequest, body: BatchIn):
-    """Enqueue up to 1000 jobs, all or none; answers them in request order. A bad item answers 422
-    with its ``index``. 503 when Redis is down: the jobs are kept pending for the relay."""
-    # A job of the batch can be someone else's only through a key. Without keys, no transaction
-    # around it: enqueue_many then publishes while its rows commit.
-    keyed = any(item.idempotency_key is not None for item in body.jobs)
-    with transaction.atomic() if keyed else nullcontext():
-        jobs = job_enqueue_many(
-            requests=[item.enqueue_request() for item in body.jobs], owner=request.user, origin="api", public_only=True
-        )
-        for index, job in enumerate(jobs if keyed else ()):
-            if _held_by_someone_else(job, request.user):
-                raise IdempotencyKeyInUse(index)  # rolls the whole batch back: nothing is published
+    """Enqueue up to 1000 jobs, all or none; answers them in request order. A bad item answers 422,
+    one outside your allowance 403, each with its ``index``; each job counts towards your rate and
+    active-job cap (429). 503 when Redis is down: the jobs are kept pending for the relay."""
+    job_requests = [item.enqueue_request() for item in body.jobs]
+    allowance = request_allowance(request)
+    job_requests_authorize(allowance=allowance, requests=job_requests, batch=True)
+    enqueue_admit(user=request.user, allowance=allowance, jobs=len(job_requests))
+    # Without keys, no transaction around it: enqueue_many then publishes while its rows commit.
+    jobs = job_enqueue_many(requests=job_requests, owner=request.user, origin="api", public_only=True)
     if any(job.publish_error for job in jobs):
         return _batch_answer(request, 503, jobs, code="broker_unavailable", detail=_BROKER_DOWN)
     return _batch_answer(request, 202, jobs)
 
 
 def _batch_answer(request: HttpRequest, status: int, jobs: list[Job], **extra: str) -> HttpResponse:
-    """A batch's answer (BatchAccepted or BatchNotPublished) rendered as it is: ninja would check the
-    1,000 items just built here against the schema first, a third of a batch request's time."""
+    """A batch's answer (BatchAccepted or BatchNotPublished) rendered as it is: the items were just
+    built here, and ninja would validate each against the schema again."""
     url_prefix = _job_url_prefix()
     answer = {"jobs": [{"id": (id_ := job.id_text), "state": job.state, "url": url_prefix + id_} for job in jobs]}
     return api.create_response(request, {**answer, **extra}, status=status)
 
 
 @api.get("/jobs", response={200: list[JobOut], 401: Error, 422: Unprocessable}, url_name="job_list")
-@paginate(PageNumberPagination, page_size=JOBS_PAGE_SIZE, max_page_size=JOBS_MAX_PAGE_SIZE)
+@paginated
 def job_list(request: HttpRequest, filters: Query[JobFilters]):
-    """The caller's jobs (every job for staff), newest first. Paginated: ``page`` (from 1) and
-    ``page_size`` (50 by default, at most 200); ``count`` is the number of matching jobs."""
+    """The caller's jobs (every job for staff with the permission to view jobs), newest first.
+    Paginated: ``page`` (from 1) and ``page_size`` (50 by default, at most 200); ``count`` is the
+    number of matching jobs."""
     return job_selectors.job_list(user=request.user, state=filters.state, task=filters.task, queue=filters.queue)
 
 
@@ -250,31 +279,44 @@ def job_get(request: HttpRequest, job_id: UUID):
     return job_selectors.job_get_visible(user=request.user, job_id=job_id)
 
 
+def _job_to_act_on(request: HttpRequest, job_id: UUID) -> Job:
+    """The caller's job, or one they may act on in their staff scope; 404 when they may not see
+    it, 403 when they may see it but not change it (tasks.change_job)."""
+    job = job_selectors.job_get_visible(user=request.user, job_id=job_id)
+    if job.owner_id != request.user.pk and not has_staff_scope(request.user, "job", to_change=True):
+        raise Forbidden("acting on another user's job needs the permission to change jobs", code="permission_required")
+    return job
+
+
 @api.post(
     "/jobs/{job_id}/retry",
-    response={202: JobAccepted, 401: Error, 404: Error, 409: Error, 429: Error},
+    response={202: JobAccepted, 401: Error, 403: Error, 404: Error, 409: Error, 429: Error},
     url_name="job_retry",
 )
-@rate_limited()
 def job_retry_view(request: HttpRequest, job_id: UUID):
-    """Run a failed, dead or cancelled job again with the arguments stored at enqueue; 409 otherwise."""
-    job = job_selectors.job_get_visible(user=request.user, job_id=job_id)
+    """Run a failed, dead or cancelled job again with the arguments stored at enqueue; 409 otherwise.
+    It counts as an enqueue towards your rate and active-job cap (429)."""
+    job = _job_to_act_on(request, job_id)
+    enqueue_admit(user=request.user, allowance=request_allowance(request), jobs=1)
     return Status(202, _accepted(job_retry(job_id=job.pk, by=request.user, via="api")))
 
 
 @api.post(
-    "/jobs/{job_id}/cancel", response={200: JobAccepted, 401: Error, 404: Error, 409: Error}, url_name="job_cancel"
+    "/jobs/{job_id}/cancel",
+    response={200: JobAccepted, 401: Error, 403: Error, 404: Error, 409: Error},
+    url_name="job_cancel",
 )
 def job_cancel_view(request: HttpRequest, job_id: UUID):
     """Cancel a job: a waiting one never runs, a running one is terminated; 409 once it finished."""
-    job = job_selectors.job_get_visible(user=request.user, job_id=job_id)
+    job = _job_to_act_on(request, job_id)
     return Status(200, _accepted(job_cancel(job_id=job.pk, by=request.user, via="api")))
 
 
 @api.get("/queues", response={200: QueuesOut, 401: Error, 503: Error}, url_name="queue_list")
 def queue_list(request: HttpRequest):
     """Per queue: messages waiting in Redis (global), and the ledger's scheduled, active, retrying,
-    failed, dead and recently succeeded jobs (the caller's own; all for staff). 503 when Redis is down."""
-    staff = request.user.is_staff
-    queues = queue_overview(owner=None if staff else request.user)
-    return {"ledger_scope": "all" if staff else "own", "queues": [counts.as_dict() for counts in queues]}
+    failed, dead and recently succeeded jobs (the caller's own; all for staff with the permission to
+    view jobs). 503 when Redis is down."""
+    every_job = has_staff_scope(request.user, "job")
+    queues = queue_overview(owner=None if every_job else request.user)
+    return {"ledger_scope": "all" if every_job else "own", "queues": [counts.as_dict() for counts in queues]}

@@ -1,4 +1,5 @@
 from tasks.models.jobs import Job, JobAction, JobAttempt, PublishLease
+from tasks.models.limits import EnqueueLimits
 from tasks.models.notifications import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tasks.models.orders import OpsAlert, Order, OrderItem, OrderStep, Product
 from tasks.models.reports import Report
@@ -7,6 +8,7 @@ from tasks.models.tokens import ApiToken
 
 __all__ = [
     "ApiToken",
+    "EnqueueLimits",
     "Job",
     "JobAction",
     "JobAttempt",

@@ -34,6 +34,8 @@ UNPUBLISHED_STATES = (JobState.PENDING, JobState.SCHEDULED, JobState.RETRYING)
 SCHEDULE_ORIGIN_PREFIX = "beat:"
 #: states from which a job may be retried by hand
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
+#: states of a job that holds a place in its owner's cap of active jobs (every one not finished)
+ACTIVE_STATES = tuple(state for state in JobState if state not in FINISHED_STATES)
 
 
 class Job(models.Model):
@@ -95,7 +97,7 @@ class Job(models.Model):
         max_length=200,
         null=True,
         blank=True,
-        help_text="A second enqueue of the same task with the same key returns this job.",
+        help_text="A second enqueue of the same task with the same key by the same owner returns this job.",
     )
     run_at = models.DateTimeField("run at", null=True, blank=True, help_text="When a delayed job is due.")
     after = models.ForeignKey(
@@ -161,6 +163,13 @@ class Job(models.Model):
                 name="job_schedule_runs",
                 condition=models.Q(origin__startswith=SCHEDULE_ORIGIN_PREFIX),
             ),
+            # An owner's active jobs, counted against their cap at every API enqueue: small, since
+            # finished jobs leave it.
+            models.Index(
+                fields=["owner"],
+                name="job_owner_active",
+                condition=models.Q(state__in=ACTIVE_STATES, owner__isnull=False),
+            ),
             # What the relay scans every second: small, since published jobs leave it.
             models.Index(
                 fields=["run_at", "created_at"],
@@ -176,11 +185,18 @@ class Job(models.Model):
             models.CheckConstraint(condition=models.Q(state__in=JobState.values), name="job_state_valid"),
             models.CheckConstraint(condition=models.Q(queue__in=QueueName.values), name="job_queue_valid"),
             models.CheckConstraint(condition=models.Q(progress__lte=100), name="job_progress_percent"),
-            # Idempotency is the database's promise, so two racing requests cannot both insert.
+            # Idempotency is the database's promise, so two racing requests cannot both insert. A key
+            # belongs to its owner: another user's key neither collides nor shows; jobs without an
+            # owner (beat's runs, the platform's own) share one scope, which no user can reach.
+            models.UniqueConstraint(
+                fields=["owner", "task_name", "idempotency_key"],
+                name="job_idempotency_key_unique",
+                condition=models.Q(idempotency_key__isnull=False, owner__isnull=False),
+            ),
             models.UniqueConstraint(
                 fields=["task_name", "idempotency_key"],
-                name="job_idempotency_key_unique",
-                condition=models.Q(idempotency_key__isnull=False),
+                name="job_system_idempotency_key_unique",
+                condition=models.Q(idempotency_key__isnull=False, owner__isnull=True),
             ),
         ]
 

@@ -1,4 +1,4 @@
-"""Reading the job ledger on a caller's behalf: users see their own jobs, staff see all."""
+"""Reading the job ledger on a caller's behalf: users see their own jobs, staff in scope see all."""
 
 from __future__ import annotations
 
@@ -8,13 +8,22 @@ from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
 from tasks.models import Job
+from tasks.models.jobs import ACTIVE_STATES
+from tasks.permissions import has_staff_scope
 
 
 def jobs_visible_to(user) -> QuerySet[Job]:
-    """Every job ``user`` may see: all for staff, their own otherwise."""
-    if user.is_staff:
+    """Every job ``user`` may see: all in their staff scope (tasks.permissions), their own otherwise."""
+    if has_staff_scope(user, "job"):
         return Job.objects.all()
     return Job.objects.filter(owner=user)
+
+
+def jobs_active_count(*, owner, up_to: int) -> int:
+    """How many of ``owner``'s jobs are not finished, counted up to ``up_to`` (the job_owner_active
+    index holds just those rows; its condition is repeated here so the database can use it)."""
+    active = Job.objects.filter(owner=owner, owner__isnull=False, state__in=ACTIVE_STATES).order_by()
+    return active[:up_to].count()
 
 
 def job_get_visible(*, user, job_id: UUID) -> Job:

@@ -1,4 +1,4 @@
-"""Reading orders on a caller's behalf: customers see their own orders, staff see all."""
+"""Reading orders on a caller's behalf: customers see their own orders, staff in scope see all."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from django.db.models import Prefetch, QuerySet
 from django.shortcuts import get_object_or_404
 
 from tasks.models import Order, OrderItem, OrderStep
+from tasks.permissions import has_staff_scope
 
 
 def orders_visible_to(user) -> QuerySet[Order]:
-    orders = Order.objects.all() if user.is_staff else Order.objects.filter(customer=user)
+    orders = Order.objects.all() if has_staff_scope(user, "order") else Order.objects.filter(customer=user)
     return orders.prefetch_related(
         Prefetch("items", queryset=OrderItem.objects.select_related("product")),
         Prefetch("steps", queryset=OrderStep.objects.select_related("job").order_by("position")),

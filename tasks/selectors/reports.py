@@ -1,4 +1,4 @@
-"""Reading reports on a caller's behalf: users see their own, staff see all."""
+"""Reading reports on a caller's behalf: users see their own, staff in scope see all."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
 from tasks.models import Report
+from tasks.permissions import has_staff_scope
 
 
 def reports_visible_to(user) -> QuerySet[Report]:
-    reports = Report.objects.all() if user.is_staff else Report.objects.filter(owner=user)
+    reports = Report.objects.all() if has_staff_scope(user, "report") else Report.objects.filter(owner=user)
     return reports.select_related("job")
 
 

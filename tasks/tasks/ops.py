@@ -1,4 +1,8 @@
-"""Ops tasks: check from outside that every queue is consumed and the platform behaves."""
+"""Ops tasks: check from outside that every queue is consumed and the platform behaves.
+
+Operators only (``Audience.OPERATORS``): they hold workers, fail on purpose and write to Redis.
+Their payloads are strict (JSON types only, no coercion), as the API's schema states them.
+"""
 
 import math
 import time
@@ -11,7 +15,8 @@ from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.errors import PermanentError
-from tasks.registry import LedgerTask, public_task
+from tasks.json_types import NO_NUL, PRINTABLE, json_int
+from tasks.registry import Audience, LedgerTask, public_task
 
 logger = get_task_logger(__name__)
 
@@ -22,7 +27,7 @@ PROGRESS_MAX_REPORTS = 100
 
 
 class PingPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     hold_seconds: float = Field(
         0,
@@ -35,7 +40,7 @@ class PingPayload(BaseModel):
     )
 
 
-@public_task(name="ops.ping", payload=PingPayload)
+@public_task(name="ops.ping", payload=PingPayload, audience=Audience.OPERATORS)
 def ops_ping(task: LedgerTask, payload: PingPayload) -> dict:
     """Report which worker and queue ran this job."""
     queue = (task.request.delivery_info or {}).get("routing_key", "")
@@ -52,7 +57,7 @@ def ops_ping(task: LedgerTask, payload: PingPayload) -> dict:
 
 
 class NoopPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     io_ms: float = Field(0, ge=0, le=1000, description="Wait this many milliseconds, as a short I/O call would.")
 
@@ -61,7 +66,7 @@ class NoopPayload(BaseModel):
 SHORT_TASK_BATCH_SIZE = 100
 
 
-@public_task(name="ops.noop", payload=NoopPayload, batch_size=SHORT_TASK_BATCH_SIZE)
+@public_task(name="ops.noop", payload=NoopPayload, audience=Audience.OPERATORS, batch_size=SHORT_TASK_BATCH_SIZE)
 def ops_noop(task: LedgerTask, payload: NoopPayload) -> None:
     """Do nothing (or wait ``io_ms``): what the platform itself costs per job, for benchmarks and checks."""
     if payload.io_ms:
@@ -80,17 +85,19 @@ def _hold(task: LedgerTask, seconds: float) -> None:
 
 
 class FailPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     mode: Literal["transient", "permanent"] = Field(
         description="transient: retried with backoff; permanent: dead at once."
     )
-    succeed_on_attempt: int | None = Field(
-        None, ge=1, description="Transient mode: fail until this attempt, then succeed."
+    succeed_on_attempt: json_int(ge=1) | None = Field(
+        None, description="Transient mode: fail until this attempt, then succeed."
     )
+    # Bounded so the payload stays within JOB_MAX_PAYLOAD_BYTES even when every character is escaped.
     note: str = Field(
         "",
-        max_length=20_000,
+        max_length=8_000,
+        pattern=NO_NUL,
         exclude_if=lambda value: not value,  # stored payloads without a note stay as they were
         description="Free text returned on success: shows that a retry replays the stored arguments, "
         "even past the 1024 characters Celery keeps of them for Flower.",
@@ -101,7 +108,7 @@ class TransientOpsError(Exception):
     """What ops.fail raises in transient mode: retried like any unexpected error."""
 
 
-@public_task(name="ops.fail", payload=FailPayload, batch_size=SHORT_TASK_BATCH_SIZE)
+@public_task(name="ops.fail", payload=FailPayload, audience=Audience.OPERATORS, batch_size=SHORT_TASK_BATCH_SIZE)
 def ops_fail(task: LedgerTask, payload: FailPayload) -> dict:
     """Fail on purpose, to exercise retries, dead letters, alerts and manual retry in a live deployment."""
     attempt = task.request.attempt
@@ -113,9 +120,14 @@ def ops_fail(task: LedgerTask, payload: FailPayload) -> dict:
 
 
 class MarkPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    key: str = Field(min_length=1, max_length=100, description="What to mark; one mark per key, ever.")
+    key: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=PRINTABLE,
+        description="What to mark; one mark per key while it lasts (OPS_MARK_TTL_SECONDS).",
+    )
     hold_seconds: float = Field(0, ge=0, le=MAX_HOLD_SECONDS, description="Hold after marking.")
 
 
@@ -123,14 +135,19 @@ def ops_mark_key(key: str) -> str:
     return f"ops:mark:{key}"
 
 
-@public_task(name="ops.mark", payload=MarkPayload)
+@public_task(name="ops.mark", payload=MarkPayload, audience=Audience.OPERATORS)
 def ops_mark(task: LedgerTask, payload: MarkPayload) -> dict:
     """An idempotent side effect, to check at-least-once delivery in a live deployment: the mark
-    is set once per key (SET NX) however often the job runs, then the task holds."""
+    is set once per key (SET NX) however often the job runs, then the task holds. Both keys expire
+    after OPS_MARK_TTL_SECONDS, so marks do not pile up in the broker's Redis."""
     client = redis.Redis.from_url(settings.REDIS_URL)
-    first = bool(client.set(ops_mark_key(payload.key), task.request.id, nx=True))
+    ttl = settings.OPS_MARK_TTL_SECONDS
+    first = bool(client.set(ops_mark_key(payload.key), task.request.id, nx=True, ex=ttl))
     if first:
-        client.incr(f"{ops_mark_key(payload.key)}:effects")
+        with client.pipeline() as pipe:  # MULTI/EXEC: the counter never exists without its expiry
+            pipe.incr(f"{ops_mark_key(payload.key)}:effects")
+            pipe.expire(f"{ops_mark_key(payload.key)}:effects", ttl)
+            pipe.execute()
     if payload.hold_seconds:
         _hold(task, payload.hold_seconds)
     return {"key": payload.key, "marked_now": first}

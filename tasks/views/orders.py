@@ -14,7 +14,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from tasks.models import Product
 from tasks.selectors.orders import order_get_visible
-from tasks.services.orders import SETTLED, OrderLine, OrderRejected, order_place
+from tasks.services.allowances import EnqueueRefused, allowance_for, enqueue_admit, order_admit
+from tasks.services.orders import SETTLED, WORKFLOW, OrderLine, OrderRejected, order_place
 from tasks.views.sandbox import TOKEN_DECLINE, TOKEN_FLAKY, TOKEN_OK, TOKEN_SLOW
 
 #: most products the form lists
@@ -73,6 +74,13 @@ def order_form(request: HttpRequest) -> HttpResponse:
     initial = {"email": request.user.email}
     form = OrderForm(request.POST or None, products=products, initial=initial)
     if request.method == "POST" and form.is_valid():
+        try:
+            # The API's limits, so the form is no way around them (a card tester's, say).
+            order_admit(user=request.user)
+            enqueue_admit(user=request.user, allowance=allowance_for(user=request.user), jobs=len(WORKFLOW))
+        except EnqueueRefused as exc:
+            form.add_error(None, str(exc))
+            return render(request, "tasks/order_form.html", {"form": form}, status=exc.status)
         try:
             order = order_place(
                 customer=request.user,

@@ -8,12 +8,11 @@ import time
 import psutil
 import pytest
 import requests
-from django.contrib.auth import get_user_model
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tasks.models import ApiToken, Job
 from tasks.queues import QueueName
-from tests.conftest import HOSTNAME
+from tests.conftest import HOSTNAME, create_operator
 from tests.support.processes import ManagedProcess, free_port, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,7 +60,7 @@ def platform(process_env, broker):
 
 def test_platform_runs_jobs_shows_them_in_flower_fires_schedules_and_stops_cleanly(platform):
     launcher, web, flower = platform
-    _, token = ApiToken.issue(get_user_model().objects.create_user("dev", password="unused-pass-123"))
+    _, token = ApiToken.issue(create_operator("dev", password="unused-pass-123"))
     headers = {"Authorization": f"Bearer {token}"}
 
     # A job travels from an HTTP request to a worker and back.

@@ -31,15 +31,19 @@ from tornado.web import RequestHandler
 from tasks.api import api
 from tasks.models import ApiToken, Job, Order, Product, Report, WebhookEndpoint
 from tasks.models.tokens import token_digest
-from tests.conftest import bearer
+from tests.conftest import bearer, create_operator, grant
 from tests.support.flower import FLOWER_AUTH, launch_flower
 
 # Non-transactional: enqueues never publish (their on-commit never comes), so nothing runs.
 pytestmark = pytest.mark.django_db
 
 NO_JOB = "00000000-0000-0000-0000-000000000000"
-ROLES = ("anonymous", "other", "owner", "staff", "superuser")
-SEES_ALL = {"owner", "staff", "superuser"}
+#: staff: is_staff and no permission (a user like any other outside admin); operator: staff who may
+#: add jobs (the ops.* tasks, own scope); viewer: staff with the view permissions of jobs, orders and
+#: reports (sees everyone's, changes nothing)
+ROLES = ("anonymous", "other", "owner", "staff", "operator", "viewer", "superuser")
+SEES_ALL = {"owner", "viewer", "superuser"}
+VIEWS = ("view_job", "view_order", "view_report")
 
 
 @pytest.fixture
@@ -52,6 +56,8 @@ def people(broker) -> dict:
         "other": User.objects.create_user("other", email="other@example.com"),
         "owner": User.objects.create_user("owner", email="owner@example.com"),
         "staff": User.objects.create_user("staff", email="staff@example.com", is_staff=True),
+        "operator": create_operator("operator", email="operator@example.com"),
+        "viewer": grant(User.objects.create_user("viewer", email="viewer@example.com", is_staff=True), *VIEWS),
         "superuser": User.objects.create_superuser("root", "root@example.com", None),
     }
 
@@ -94,19 +100,31 @@ BODIES = {
     "job_create": {"task": "ops.ping"},
     "job_create_batch": {"jobs": [{"task": "ops.ping"}, {"task": "ops.ping"}]},
     "order_create": {"items": [{"sku": "ACCESS-1", "quantity": 1}], "payment_token": "tok_ok"},
-    "report_create": {"date_from": "2024-02-01", "date_to": "2024-02-03"},
+    "report_create": {"date_from": "2024-02-01", "days": 3},
 }
-CREATED = dict.fromkeys(("anonymous",), 401) | dict.fromkeys(("other", "owner", "staff", "superuser"), 202)
-LISTED = dict.fromkeys(("anonymous",), 401) | dict.fromkeys(("other", "owner", "staff", "superuser"), 200)
-OWN_OBJECT = {"anonymous": 401, "other": 404, "owner": 200, "staff": 200, "superuser": 200}
+USERS = ("other", "owner", "staff", "operator", "viewer", "superuser")
+CREATED = {"anonymous": 401} | dict.fromkeys(USERS, 202)
+LISTED = {"anonymous": 401} | dict.fromkeys(USERS, 200)
+# ops.ping is for operators (and superusers); reports for those who may add reports.
+OPERATORS_ONLY = {**CREATED, "other": 403, "owner": 403, "staff": 403, "viewer": 403}
+REPORTERS_ONLY = {**CREATED, "other": 403, "owner": 403, "staff": 403, "operator": 403, "viewer": 403}
+OWN_OBJECT = {
+    "anonymous": 401,
+    "other": 404,
+    "owner": 200,
+    "staff": 404,
+    "operator": 404,
+    "viewer": 200,
+    "superuser": 200,
+}
 # A succeeded job cannot be retried or cancelled, a confirmed order cannot be cancelled: 409 shows
-# the caller got past the access check to the service.
-OWN_ACTION = {**OWN_OBJECT, "owner": 409, "staff": 409, "superuser": 409}
+# the caller got past the access check to the service. A viewer sees it but may not change it.
+OWN_ACTION = {**OWN_OBJECT, "owner": 409, "viewer": 403, "superuser": 409}
 
 #: url_name -> the status each role gets
 API_EXPECTED = {
-    "job_create": CREATED,
-    "job_create_batch": CREATED,
+    "job_create": OPERATORS_ONLY,
+    "job_create_batch": OPERATORS_ONLY,
     "job_list": LISTED,
     "job_get": OWN_OBJECT,
     "job_retry": OWN_ACTION,
@@ -116,7 +134,7 @@ API_EXPECTED = {
     "order_list": LISTED,
     "order_get": OWN_OBJECT,
     "order_cancel": OWN_ACTION,
-    "report_create": CREATED,
+    "report_create": REPORTERS_ONLY,
     "report_list": LISTED,
     "report_get": OWN_OBJECT,
 }
@@ -167,6 +185,8 @@ def test_api_access_matrix(method, template, url_name, people, things):
             if expected in (401, 404):
                 code = {401: "unauthenticated", 404: "not_found"}[expected]
                 assert response.json()["code"] == code
+            if expected == 403:
+                assert response.json()["code"] in ("task_not_allowed", "permission_required")
                 assert str(things["job"].pk) not in response.content.decode()
             if url_name in LISTS and expected == 200:
                 listed = {item["id"] for item in response.json()["items"]}
@@ -174,7 +194,7 @@ def test_api_access_matrix(method, template, url_name, people, things):
                 assert (own in listed) == (role in SEES_ALL), f"{role} list of {url_name}: {listed}"
             if url_name == "queue_list" and expected == 200:
                 scope = response.json()["ledger_scope"]
-                assert scope == ("all" if role in ("staff", "superuser") else "own")
+                assert scope == ("all" if role in ("viewer", "superuser") else "own")
 
 
 def test_a_session_post_without_the_csrf_token_is_refused(people):
@@ -188,16 +208,29 @@ def test_a_session_post_without_the_csrf_token_is_refused(people):
     assert not Job.objects.filter(owner=people["owner"]).exists()
 
 
-def test_openapi_schema_and_docs_are_for_staff_only(people):
-    for path in ("/api/openapi.json", "/api/docs"):
-        for role in ROLES:
-            client, _ = client_as(role, people)
-            response = client.get(path)
-            if role in ("staff", "superuser"):
-                assert response.status_code == 200, (role, path)
-            else:
-                assert response.status_code == 302, (role, path)
-                assert response["Location"].startswith("/admin/login/")
+def test_openapi_schema_and_docs_are_for_anyone_the_api_authenticates(people):
+    """A token holder can generate a client from the schema; anonymous gets 401 (the docs page sends
+    a browser to sign in), and the docs' Swagger UI comes from the platform's own static files."""
+    for role in ROLES:
+        for credentials in ("bearer", "session"):
+            client, headers = client_as(role, people, credentials)
+            schema = client.get("/api/openapi.json", **headers)
+            docs = client.get("/api/docs", **headers)
+            if role == "anonymous":
+                assert (schema.status_code, schema.json()["code"]) == (401, "unauthenticated")
+                assert docs.status_code == 302
+                assert docs["Location"] == f"{reverse('login')}?next=/api/docs"
+                continue
+            assert schema.status_code == 200, (role, credentials, schema.content[:200])
+            assert "/api/orders" in schema.json()["paths"]
+            assert docs.status_code == 200, (role, credentials)
+            page = docs.content.decode()
+            assert "/static/ninja/swagger-ui-bundle.js" in page and "/static/ninja/swagger-ui.css" in page
+            assert not re.search(r"""(src|href)=["'](https?:)?//""", page), page  # nothing from another host
+    bad_token = Client().get("/api/openapi.json", HTTP_AUTHORIZATION="Bearer not-a-token")
+    assert (bad_token.status_code, bad_token.json()["code"]) == (401, "unauthenticated")
+    owner, headers = client_as("owner", people, "bearer")
+    assert owner.post("/api/openapi.json", **headers).status_code == 405  # reads only
 
 
 # --- the event stream, pages and the report download -----------------------------------------
@@ -207,7 +240,7 @@ def test_openapi_schema_and_docs_are_for_staff_only(people):
 @pytest.mark.django_db(transaction=True)
 def test_the_event_stream_is_for_the_owner_and_staff(people, things):
     path = f"/api/jobs/{things['job'].pk}/events"
-    expected = {"anonymous": 401, "other": 404, "owner": 200, "staff": 200, "superuser": 200}
+    expected = OWN_OBJECT
     for role in ROLES:
         for credentials in ("bearer", "session"):
             client, headers = client_as(role, people, credentials)
@@ -239,7 +272,7 @@ def test_pages_send_anonymous_to_sign_in_and_hide_other_peoples_objects(page, ob
 @pytest.mark.django_db(transaction=True)
 def test_the_report_download_is_for_the_owner_and_staff(people, things):
     path = reverse("report_download", kwargs={"report_id": things["report"].pk})
-    expected = {"anonymous": 401, "other": 404, "owner": 200, "staff": 200, "superuser": 200}
+    expected = OWN_OBJECT
     for role in ROLES:
         for credentials in ("bearer", "session"):
             client, headers = client_as(role, people, credentials)
@@ -303,8 +336,12 @@ def test_admin_needs_staff_and_model_permissions(people, things, webhook, schedu
             if role in ("anonymous", "other", "owner"):
                 assert response.status_code == 302, (name, role)
                 assert response["Location"].startswith("/admin/login/"), (name, role)
-            elif role == "staff":
+            elif role in ("staff", "operator"):
                 assert response.status_code == 403, (name, role, response.status_code)
+            elif role == "viewer":
+                viewable = name.split()[0] in ("tasks_job", "tasks_order", "tasks_report")
+                expected = 200 if viewable and not name.endswith(" add") else 403
+                assert response.status_code == expected, (name, role, response.status_code)
             else:
                 assert response.status_code == for_superuser, (name, role, response.status_code)
 
@@ -412,9 +449,8 @@ def test_api_tokens_and_webhook_secrets_are_shown_once_and_never_logged(people, 
     assert token not in {row.digest, row.prefix} and len(token) >= 40  # only its hash is stored
 
     api_client = Client()
-    created = api_client.post(
-        "/api/jobs", {"task": "ops.ping"}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
-    )
+    quote = {"task": "orders.quote", "payload": {"items": [{"sku": "ANY", "quantity": 1}]}}
+    created = api_client.post("/api/jobs", quote, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
     assert created.status_code == 202
     assert api_client.get("/api/jobs", HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 200
     # A refused request is logged (django.request): its log line must not carry the credentials either.

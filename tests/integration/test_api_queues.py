@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from tasks.models import Job
 from tasks.selectors.queues import queue_ledger_counts
-from tests.conftest import bearer
+from tests.conftest import bearer, create_operator, grant
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,12 +23,14 @@ def alice():
 
 @pytest.fixture
 def bob():
-    return get_user_model().objects.create_user("bob", password="unused-pass-123")
+    """An operator: he posts ops.ping jobs to the bulk queue at any priority."""
+    return create_operator("bob", password="unused-pass-123")
 
 
 @pytest.fixture
 def staff():
-    return get_user_model().objects.create_user("ops", password="unused-pass-123", is_staff=True)
+    """Staff whose scope is every job (the permission to view jobs)."""
+    return grant(get_user_model().objects.create_user("ops", password="unused-pass-123", is_staff=True), "view_job")
 
 
 def make_job(owner, queue="default", state=Job.State.QUEUED, task="ops.ping", **fields) -> Job:

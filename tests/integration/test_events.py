@@ -22,7 +22,7 @@ from tasks.models import ApiToken, Job
 from tasks.queues import QueueName
 from tasks.services.events import job_channel
 from tasks.services.jobs import job_enqueue
-from tests.conftest import HOSTNAME
+from tests.conftest import HOSTNAME, grant
 from tests.support.processes import free_port, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -160,7 +160,7 @@ def test_stream_sends_the_state_then_progress_in_order_and_ends_with_the_result(
 
 def test_late_client_with_a_session_gets_the_final_state_and_staff_see_every_job(web, client, owner):
     other = make_user("other")
-    staff = make_user("ops", is_staff=True)
+    staff = grant(make_user("ops", is_staff=True), "view_job")
     job = Job.objects.create(
         task_name="ops.ping",
         queue=QueueName.DEFAULT,
@@ -289,7 +289,7 @@ def test_job_page_sends_anonymous_users_to_log_in_and_hides_other_users_jobs(web
     other = requests.get(page, cookies=session_of(client, make_user("other")), timeout=TIMEOUT)
     assert other.status_code == 404
 
-    for user in (owner, make_user("ops", is_staff=True)):
+    for user in (owner, grant(make_user("ops", is_staff=True), "view_job")):
         shown = requests.get(page, cookies=session_of(client, user), timeout=TIMEOUT)
         assert shown.status_code == 200
         assert "ops.ping" in shown.text

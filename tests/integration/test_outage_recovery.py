@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 import requests
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
@@ -15,6 +14,7 @@ from tasks.queues import QueueName
 from tasks.registry import LEDGER_TASKS
 from tasks.services.job_rows import ROW_IN_FLIGHT_HEADER
 from tasks.services.jobs import job_enqueue
+from tests.conftest import create_operator
 from tests.support.processes import BIN_DIR, ManagedProcess, wait_until
 from tests.support.tcp_proxy import TcpProxy
 
@@ -25,7 +25,7 @@ def test_redis_restart_mid_run_web_workers_beat_and_relay_reconnect_and_nothing_
     own_redis, process_env, start_web, start_worker, start_relay, wait_for_job
 ):
     env = {"REDIS_URL": own_redis.url}
-    _, token = ApiToken.issue(get_user_model().objects.create_user("dev", password="unused-pass-123"))
+    _, token = ApiToken.issue(create_operator("dev", password="unused-pass-123"))
     headers = {"Authorization": f"Bearer {token}"}
     _, web = start_web(env)
     start_worker(QueueName.DEFAULT, env=env)

@@ -2,16 +2,16 @@
 
 import pytest
 import requests
-from django.contrib.auth import get_user_model
 
 from tasks.models import ApiToken, Job, PublishLease
+from tests.conftest import create_operator
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_redis_down_while_enqueueing_answers_503_and_keeps_the_job_pending(start_web):
-    _, token = ApiToken.issue(get_user_model().objects.create_user("dev", password="unused-pass-123"))
+    _, token = ApiToken.issue(create_operator("dev", password="unused-pass-123"))
     _, base = start_web({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})  # nothing listens there
 
     response = requests.post(

@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import pytest
 import requests
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,6 +13,7 @@ from tasks.models import ApiToken, Job, PublishLease
 from tasks.queues import QueueName
 from tasks.services.jobs import JobRequest, _mark_published, job_enqueue, job_enqueue_many
 from tasks.services.relay import PUBLISH_LEASE
+from tests.conftest import create_operator
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,7 +26,7 @@ def unpublished(queue: str = "default", **fields) -> Job:
 
 def test_job_enqueued_while_redis_is_down_runs_once_redis_is_back(own_redis, start_web, start_relay, start_worker):
     env = {"REDIS_URL": own_redis.url}
-    _, token = ApiToken.issue(get_user_model().objects.create_user("dev", password="unused-pass-123"))
+    _, token = ApiToken.issue(create_operator("dev", password="unused-pass-123"))
     _, web = start_web(env)
     start_relay(env=env)
     own_redis.stop()
