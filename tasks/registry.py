@@ -7,6 +7,7 @@ before a run and records how it ended: succeeded, retrying (with backoff), faile
 
 from __future__ import annotations
 
+import enum
 import functools
 import traceback
 from collections.abc import Callable
@@ -40,6 +41,19 @@ PAYLOAD_SCHEMAS: dict[str, type[BaseModel]] = {}
 #: publish: a plain dict, where each task's attribute is read through a Celery proxy)
 BATCH_SIZES: dict[str, int] = {}
 
+
+class Audience(enum.Enum):
+    """Who may enqueue a public task by name (tasks.services.allowances applies it)."""
+
+    #: operators only: staff users with the permission to add jobs (tasks.add_job), or superusers
+    OPERATORS = "operators"
+    #: every signed-in user, within their own allowance of queues, priorities, rate and active jobs
+    USERS = "users"
+
+
+#: name -> who may enqueue it, for every public task
+TASK_AUDIENCES: dict[str, Audience] = {}
+
 #: errors no retry can mend: an explicit PermanentError, and a payload the schema refuses
 ALWAYS_PERMANENT = (PermanentError, ValidationError)
 #: retries through the broker while the database itself is unreachable (about an hour with backoff)
@@ -62,6 +76,8 @@ class LedgerTask(Task):
     backoff_base: float | None = None
     backoff_max: float | None = None
     permanent_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Celery's request class for these tasks: the ledger, not Celery's revoked ids, decides a run
+    Request = "tasks.worker:LedgerRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
@@ -187,6 +203,7 @@ def ledger_task(
     return decorate
 
 
-def public_task(*, name: str, payload: type[BaseModel], **options: Any) -> Callable:
-    """Declare a ledger task that clients may enqueue by name."""
+def public_task(*, name: str, payload: type[BaseModel], audience: Audience, **options: Any) -> Callable:
+    """Declare a ledger task that clients may enqueue by name; ``audience`` says which clients."""
+    TASK_AUDIENCES[name] = audience
     return ledger_task(name=name, payload=payload, public=True, **options)

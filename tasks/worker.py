@@ -11,6 +11,11 @@ and flushes the buffer on the event loop's next turn, before the loop writes the
 process: each task's start waited for a Redis round trip of its "task-received" event (1.7 ms of
 4 ms enqueue-to-start at idle). Flushed ``EVENT_FLUSH_DELAY`` later, the events of that window go
 out as one message, and the task starts first.
+
+The platform's tasks run with ``LedgerRequest`` (their ``Task.Request``): the ledger, not Celery's
+memory of revoked ids, decides whether a job runs. Celery drops any message whose id was revoked
+(every worker keeps revoked ids for hours and a starting worker copies its peers' set), and a retry
+publishes the job again under the same id, so a retry after a revoke would never run.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from celery.worker.request import Request
 
+from tasks import control  # noqa: F401 - registers the remote control command and signal handler workers need
 from tasks.signals import mark_dead
 
 #: how long task events wait in the worker's buffer: well past the write of the task to its process
@@ -54,3 +61,15 @@ class LedgerConsumer(Consumer):
         job_id = headers.get("id") if isinstance(headers, dict) else None
         if job_id:
             mark_dead(str(job_id), f"undeliverable: the message body could not be decoded ({exc}); it was dropped")
+
+
+class LedgerRequest(Request):
+    """A task request that no revoked id drops: ``LedgerTask.__call__`` (and a batch's claim) ask the
+    ledger, where a cancel is recorded and a retry undoes it. Expiry is kept as Celery has it."""
+
+    def revoked(self) -> bool:
+        # Celery's strategy and execute_using_pool call this before running; only an expired message
+        # (none of the platform's publishes sets an expiry) is dropped, as Celery would.
+        if self.expires and self.maybe_expire():
+            return super().revoked()
+        return False

@@ -1,10 +1,13 @@
-"""Flower handlers of the platform: retry (API and task page), the ledger view of a task, dead letters.
+"""Flower handlers of the platform: retry and revoke (API and task page), the ledger view of a task,
+dead letters.
 
 Every handler subclasses Flower's, so Flower's basic auth, its cross-site check on POST (Fetch
 metadata / Origin: a browser holding the basic-auth credentials cannot be made to post from another
 site) and its read-only mode apply. Retry and discard go through the platform's one recovery
 service (tasks.services.recovery), which replays the arguments stored in the ledger at enqueue,
-never Flower's truncated reprs.
+never Flower's truncated reprs. Revoke (the task page's Revoke and Terminate buttons) is the same
+service's cancel, recorded in the ledger, so a retry undoes it: Celery's revoke would make every
+worker drop any later message with that id, a retry's included, for hours.
 
 The ORM is synchronous: every ledger call runs in Flower's thread pool (``in_thread``), so the
 event loop that serves Flower's pages and receives Celery events never waits for the database.
@@ -33,7 +36,7 @@ from tornado.ioloop import IOLoop
 
 from tasks.models import Job
 from tasks.models.jobs import RETRYABLE_STATES
-from tasks.services.recovery import ActionRefused, job_discard, job_retry
+from tasks.services.recovery import ActionRefused, job_cancel, job_discard, job_retry
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +160,51 @@ class TaskRetryApi(JsonApiHandler):
                 "url": self.reverse_url("task", str(job.pk)),
                 "status_url": self.reverse_url("platform_task_ledger", str(job.pk)),
                 "detail": "retried: the same task id runs again with the arguments stored at enqueue",
+            },
+        )
+
+
+class TaskRevokeApi(JsonApiHandler):
+    @web.authenticated
+    async def post(self, task_id: str) -> None:
+        """Flower's revoke (``terminate`` true or false): the platform's cancel of a ledger job.
+
+        The job is cancelled in the ledger, so no worker runs it, now or after a restart; a running
+        one is terminated (with either button: a cancelled run's outcome would not be recorded
+        anyway). A retry runs it again. 200 {"message", "task_id", "state", "status_url",
+        "detail"}; 409 for a finished job; 404 for a task the ledger does not know (a
+        ``jobs.run_batch`` message: cancel its jobs one by one), which Celery's revoke is not
+        used for either. JSON {"detail", "code"} on errors.
+        """
+        self.refuse_if_read_only()
+        job_id = _job_id(task_id)
+        try:
+            if job_id is None:
+                raise Job.DoesNotExist
+            job = await in_thread(job_cancel, job_id=job_id, by=None, via=VIA)
+        except Job.DoesNotExist:
+            self.answer(
+                404,
+                {
+                    "detail": f"task {task_id} is not in the job ledger: only ledger jobs can be revoked "
+                    "(cancelled); a batch message's jobs are cancelled one by one",
+                    "code": "not_found",
+                },
+            )
+            return
+        except ActionRefused as exc:
+            current = await in_thread(ledger_job, job_id=job_id)
+            self.answer(409, {"detail": str(exc), "code": "not_cancellable", "state": (current or {}).get("state")})
+            return
+        logger.info("job %s (%s) cancelled via Flower's revoke by %s", job.pk, job.task_name, self.acting_user())
+        self.answer(
+            200,
+            {
+                "message": f"Cancelled '{job.pk}' in the job ledger",
+                "task_id": str(job.pk),
+                "state": job.state,
+                "status_url": self.reverse_url("platform_task_ledger", str(job.pk)),
+                "detail": "cancelled: no worker runs it (a running one was terminated); retry runs it again",
             },
         )
 
@@ -335,6 +383,7 @@ class PlatformMetrics(Metrics):
 def platform_handlers() -> list:
     return [
         web.url(r"/api/task/retry/(.+)", TaskRetryApi, name="platform_task_retry"),
+        web.url(r"/api/task/revoke/(.+)", TaskRevokeApi, name="platform_task_revoke"),
         web.url(r"/api/task/ledger/(.+)", TaskLedgerApi, name="platform_task_ledger"),
         web.url(r"/task/(.+)", PlatformTaskView, name="platform_task"),
         web.url(r"/dead-letters", DeadLettersView, name="platform_dead_letters"),

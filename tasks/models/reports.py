@@ -1,11 +1,29 @@
 """Sales reports: a PDF over a date range of confirmed orders, built by a bulk job."""
 
 import uuid
+from datetime import date
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from tasks.models.jobs import Job
+
+#: the longest range one report may cover (a leap year)
+MAX_REPORT_DAYS = 366
+#: the first and the last day a report may start on: any range from them stays a valid date
+FIRST_REPORT_DAY = date(1900, 1, 1)
+LAST_REPORT_START = date(2999, 12, 31)
+
+
+def report_range_errors(date_from: date, days: int) -> dict[str, str]:
+    """Field -> why, for a report starting ``date_from`` over ``days`` days; empty when allowed."""
+    errors = {}
+    if not FIRST_REPORT_DAY <= date_from <= LAST_REPORT_START:
+        errors["date_from"] = f"must be from {FIRST_REPORT_DAY} to {LAST_REPORT_START}"
+    if not 1 <= days <= MAX_REPORT_DAYS:
+        errors["days"] = f"must be 1 to {MAX_REPORT_DAYS}"
+    return errors
 
 
 def report_upload_to(report: "Report", filename: str) -> str:
@@ -63,6 +81,21 @@ class Report(models.Model):
 
     def __str__(self) -> str:
         return f"sales report {self.date_from} to {self.date_to} ({self.pk})"
+
+    def clean(self) -> None:
+        if self.date_from is None or self.date_to is None:
+            return  # the fields' own validation names what is missing
+        errors = report_range_errors(self.date_from, self.days)
+        if "days" in errors:
+            errors["date_to"] = f"must be 0 to {MAX_REPORT_DAYS - 1} days after date_from"
+            del errors["days"]
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def days(self) -> int:
+        """Days the range covers, both ends included."""
+        return (self.date_to - self.date_from).days + 1
 
     @property
     def ready(self) -> bool:

@@ -1,28 +1,131 @@
-"""Retention: succeeded jobs leave the ledger after JOB_RETENTION_DAYS; failed and dead ones stay.
+"""Retention: finished jobs leave the ledger, and reports their files, once they are old enough.
 
-The jobs of an order's workflow stay as long as the order does: they are its fulfillment history
-(the cancelled-order prune deletes the order, and its jobs become prunable then).
+- Succeeded jobs go after JOB_RETENTION_DAYS; failed, dead and cancelled ones after
+  JOB_FAILED_RETENTION_DAYS (longer: they are what ops look into). Counted from when they finished.
+- The jobs of an order's workflow stay as long as the order does: they are its fulfillment history
+  (the cancelled-order prune deletes the order, and its jobs become prunable then).
+- Reports go with their PDF REPORT_RETENTION_DAYS after they were built (or requested, when never
+  built), unless their job is still under way; a PDF whose report row is gone (its owner deleted)
+  goes too.
+
+Everything is deleted in chunks of PRUNE_CHUNK rows, one short transaction each, so a large backlog
+never holds locks for long.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
+import uuid
+from datetime import datetime, timedelta
 
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from tasks.models import Job
+from tasks.models import Job, Report
+from tasks.models.jobs import FINISHED_STATES
+
+logger = logging.getLogger(__name__)
 
 PRUNE_CHUNK = 1000
+#: the states JOB_FAILED_RETENTION_DAYS applies to
+FAILED_STATES = (Job.State.FAILED, Job.State.DEAD, Job.State.CANCELLED)
+#: where report PDFs are stored (tasks.models.reports.report_upload_to)
+REPORTS_DIR = "reports"
+UUID_TEXT_LENGTH = 36
 
 
-def jobs_prune_succeeded(*, older_than: timedelta) -> int:
-    """Delete succeeded jobs that finished before ``older_than`` ago, in chunks; returns the count."""
-    cutoff = timezone.now() - older_than
-    deleted = 0
+def jobs_prune_finished(*, succeeded_older_than: timedelta, failed_older_than: timedelta) -> dict[str, int]:
+    """Delete succeeded jobs that finished more than ``succeeded_older_than`` ago, and failed, dead
+    and cancelled ones past ``failed_older_than``; returns the jobs deleted per state."""
+    now = timezone.now()
+    deleted = _jobs_prune(states=(Job.State.SUCCEEDED,), cutoff=now - succeeded_older_than)
+    deleted.update(_jobs_prune(states=FAILED_STATES, cutoff=now - failed_older_than))
+    return deleted
+
+
+def _jobs_prune(*, states: tuple[str, ...], cutoff: datetime) -> dict[str, int]:
+    deleted = {str(state): 0 for state in states}
+    # finished_at is set whenever a job finishes; rows from before that fall back to created_at.
+    expired = Job.objects.filter(
+        Q(finished_at__lt=cutoff) | Q(finished_at__isnull=True, created_at__lt=cutoff),
+        state__in=states,
+        order_step__isnull=True,
+    )
     while True:
-        expired = Job.objects.filter(state=Job.State.SUCCEEDED, finished_at__lt=cutoff, order_step__isnull=True)
-        chunk = list(expired.values_list("pk", flat=True)[:PRUNE_CHUNK])
+        chunk = list(expired.values_list("pk", "state")[:PRUNE_CHUNK])
         if not chunk:
             return deleted
-        # Counts jobs only, not the attempts and actions deleted with them.
-        deleted += Job.objects.filter(pk__in=chunk).delete()[1].get(Job._meta.label, 0)
+        with transaction.atomic():
+            # Only rows still as selected: one retried meanwhile is no longer finished.
+            gone = Job.objects.filter(pk__in=[pk for pk, _ in chunk], state__in=states).select_for_update()
+            ids_states = dict(gone.values_list("pk", "state"))
+            Job.objects.filter(pk__in=list(ids_states)).delete()  # attempts and actions go with them
+        for state in ids_states.values():
+            deleted[state] += 1
+
+
+def reports_prune(*, older_than: timedelta) -> dict[str, int]:
+    """Delete reports built (or, never built, requested) more than ``older_than`` ago whose job is
+    not under way, with their PDFs, then PDFs as old whose report is gone; returns the counts."""
+    cutoff = timezone.now() - older_than
+    expired = Report.objects.filter(
+        Q(finished_at__lt=cutoff) | Q(finished_at__isnull=True, created_at__lt=cutoff),
+        Q(job__isnull=True) | Q(job__state__in=FINISHED_STATES),
+    ).order_by("created_at")
+    reports = files = 0
+    while True:
+        chunk = list(expired.values_list("pk", "file")[:PRUNE_CHUNK])
+        if not chunk:
+            break
+        # The rows first: a report without its row answers 404 at once; a file left behind by a
+        # failure here is an orphan the sweep below deletes on a later night.
+        reports += Report.objects.filter(pk__in=[pk for pk, _ in chunk]).delete()[1].get(Report._meta.label, 0)
+        for _, name in chunk:
+            if name and _file_delete(name):
+                files += 1
+    orphans = _orphan_files_delete(cutoff=cutoff)
+    return {"reports": reports, "files": files + orphans, "orphan_files": orphans}
+
+
+def _file_delete(name: str) -> bool:
+    try:
+        existed = default_storage.exists(name)
+        default_storage.delete(name)
+    except OSError:
+        logger.exception("report file %s could not be deleted", name)
+        return False
+    return existed
+
+
+def _orphan_files_delete(*, cutoff: datetime) -> int:
+    """PDFs under reports/ older than the cutoff with no report row (their owner was deleted, or a
+    prune stopped between a row and its file)."""
+    try:
+        _, names = default_storage.listdir(REPORTS_DIR)
+    except FileNotFoundError:
+        return 0
+    deleted = 0
+    for start in range(0, len(names), PRUNE_CHUNK):
+        batch = {_report_id(name): name for name in names[start : start + PRUNE_CHUNK]}
+        batch.pop(None, None)  # not a report's file: left alone
+        kept = {str(pk) for pk in Report.objects.filter(pk__in=list(batch)).values_list("pk", flat=True)}
+        for report_id, name in batch.items():
+            path = f"{REPORTS_DIR}/{name}"
+            if report_id in kept or default_storage.get_modified_time(path) >= cutoff:
+                continue  # a report's file, or one being written for a report not yet visible here
+            if _file_delete(path):
+                deleted += 1
+    return deleted
+
+
+def _report_id(name: str) -> str | None:
+    """The report id a file name starts with (``<id>.pdf``, or ``<id>_<suffix>.pdf`` when the storage
+    picked another name); None for any other name."""
+    if not name.endswith(".pdf"):
+        return None
+    try:
+        return str(uuid.UUID(name[:UUID_TEXT_LENGTH]))
+    except ValueError:
+        return None

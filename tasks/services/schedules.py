@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RETENTION_SCHEDULE = "Prune succeeded jobs (JOB_RETENTION_DAYS)"
+RETENTION_SCHEDULE = "Prune finished jobs (JOB_RETENTION_DAYS, JOB_FAILED_RETENTION_DAYS)"
+#: the retention schedule's name and task before migration 0014 (it repoints existing rows)
+RETENTION_SCHEDULE_BEFORE = "Prune succeeded jobs (JOB_RETENTION_DAYS)"
+REPORT_RETENTION_SCHEDULE = "Prune old reports (REPORT_RETENTION_DAYS)"
 PRUNE_CANCELLED_ORDERS_SCHEDULE = "Prune cancelled orders (CANCELLED_ORDER_RETENTION_DAYS)"
 ALERT_STUCK_ORDERS_SCHEDULE = "Alert on orders stuck in pending (PENDING_ORDER_ALERT_MINUTES)"
 
@@ -66,12 +69,28 @@ def _every(seconds: int) -> dict[str, Any]:
     return {"interval": interval or IntervalSchedule.objects.create(**fields)}
 
 
+RETENTION_DESCRIPTION = (
+    "Every day at 03:17 UTC: deletes from the job ledger succeeded jobs finished more than "
+    "JOB_RETENTION_DAYS ago, and failed, dead and cancelled ones past JOB_FAILED_RETENTION_DAYS, in "
+    "chunks. The jobs of an order's workflow stay while their order exists."
+)
+
 SCHEDULES = (
     SeededSchedule(
         name=RETENTION_SCHEDULE,
-        task="jobs.prune_succeeded",
-        description="Deletes succeeded jobs older than JOB_RETENTION_DAYS from the job ledger.",
+        task="jobs.prune_finished",
+        description=RETENTION_DESCRIPTION,
         timing=lambda: _crontab(minute="17", hour="3"),
+        queue=QueueName.BULK.value,
+    ),
+    SeededSchedule(
+        name=REPORT_RETENTION_SCHEDULE,
+        task="reports.prune",
+        description=(
+            "Every day at 03:47 UTC: deletes sales reports built more than REPORT_RETENTION_DAYS ago, "
+            "with their PDFs (the API then answers 404 for them), and PDFs left without a report."
+        ),
+        timing=lambda: _crontab(minute="47", hour="3"),
         queue=QueueName.BULK.value,
     ),
     SeededSchedule(

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 
 class BatchTask(Task):
+    #: as LedgerTask's: each job's claim asks the ledger; a revoked batch id drops nothing
+    Request = "tasks.worker:LedgerRequest"
+
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         # The hard limit killed the child mid-batch (this runs in the worker's main process): its
         # unwritten successes are unknown, so every job it still had started runs again alone.

@@ -13,7 +13,7 @@ from django_celery_beat.models import PeriodicTask
 from project.celery import app
 from tasks.models import Job, Order, OrderStep
 from tasks.services.jobs import InvalidOption, InvalidPayload, JobRequest, job_enqueue, job_enqueue_many
-from tasks.services.retention import jobs_prune_succeeded
+from tasks.services.retention import jobs_prune_finished
 from tasks.services.schedules import RETENTION_SCHEDULE
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -138,7 +138,9 @@ def test_retention_prunes_old_succeeded_jobs_only():
         job = Job.objects.create(task_name="ops.ping", queue="default", state=Job.State.SUCCEEDED, finished_at=old)
         job.attempt_history.create(number=1, started_at=old, outcome="succeeded")
 
-    assert jobs_prune_succeeded(older_than=timedelta(days=30)) == 3  # jobs, not their attempts
+    # Jobs, not their attempts; failed and dead ones have a longer window (tests/integration/test_retention.py).
+    deleted = jobs_prune_finished(succeeded_older_than=timedelta(days=30), failed_older_than=timedelta(days=90))
+    assert deleted == {"succeeded": 3, "failed": 0, "dead": 0, "cancelled": 0}
     assert set(Job.objects.values_list("pk", flat=True)) == {job.pk for job in kept}
 
 

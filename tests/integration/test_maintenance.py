@@ -19,6 +19,7 @@ from tasks.services.maintenance import orders_alert_stuck_pending, orders_prune_
 from tasks.services.schedules import (
     ALERT_STUCK_ORDERS_SCHEDULE,
     PRUNE_CANCELLED_ORDERS_SCHEDULE,
+    REPORT_RETENTION_SCHEDULE,
     RETENTION_SCHEDULE,
 )
 from tests.support.processes import BASE_DIR, BIN_DIR, ManagedProcess, wait_until
@@ -208,13 +209,16 @@ def seed_schedules(process_env) -> str:
     return done.stdout
 
 
-def test_migrate_seeds_the_three_schedules():
+def test_migrate_seeds_the_four_schedules():
     retention = PeriodicTask.objects.get(name=RETENTION_SCHEDULE)
+    reports = PeriodicTask.objects.get(name=REPORT_RETENTION_SCHEDULE)
     prune = PeriodicTask.objects.get(name=PRUNE_CANCELLED_ORDERS_SCHEDULE)
     alert = PeriodicTask.objects.get(name=ALERT_STUCK_ORDERS_SCHEDULE)
 
-    assert all(schedule.enabled and schedule.description for schedule in (retention, prune, alert))
-    assert all(schedule.task in app.tasks for schedule in (retention, prune, alert))
+    assert all(schedule.enabled and schedule.description for schedule in (retention, reports, prune, alert))
+    assert all(schedule.task in app.tasks for schedule in (retention, reports, prune, alert))
+    assert (retention.task, reports.task) == ("jobs.prune_finished", "reports.prune")
+    assert retention.queue == reports.queue == QueueName.BULK
     assert (prune.task, alert.task) == ("orders.prune_cancelled", "orders.alert_stuck_pending")
     crontab = prune.crontab
     assert (crontab.minute, crontab.hour, crontab.day_of_week, str(crontab.timezone)) == ("0", "2", "*", "UTC")
@@ -242,10 +246,12 @@ def test_reseeding_keeps_an_admins_edits_and_never_duplicates(process_env):
     assert f"created: {RETENTION_SCHEDULE}" in first
     assert f"kept:    {PRUNE_CANCELLED_ORDERS_SCHEDULE}" in first
     assert f"kept:    {ALERT_STUCK_ORDERS_SCHEDULE}" in first
+    assert f"kept:    {REPORT_RETENTION_SCHEDULE}" in first
     assert "created" not in second
-    assert second.count("kept:") == 3
-    names = (RETENTION_SCHEDULE, PRUNE_CANCELLED_ORDERS_SCHEDULE, ALERT_STUCK_ORDERS_SCHEDULE)
-    assert PeriodicTask.objects.filter(name__in=names).count() == 3
+    assert second.count("kept:") == 4
+    names = [RETENTION_SCHEDULE, REPORT_RETENTION_SCHEDULE, PRUNE_CANCELLED_ORDERS_SCHEDULE]
+    names.append(ALERT_STUCK_ORDERS_SCHEDULE)
+    assert PeriodicTask.objects.filter(name__in=names).count() == 4
     prune.refresh_from_db()
     alert.refresh_from_db()
     assert prune.crontab_id == later.pk
