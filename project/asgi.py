@@ -12,8 +12,14 @@ server serves them, which keeps a request's latency low under load:
   ``REQUEST_THREADS`` threads instead, each keeping its own connection. When all are busy (a
   burst, or slow clients of file downloads), a request gets a thread of its own, as in Django.
 
-Async views (the SSE stream, the sandbox gateway) keep Django's own handling, so what they await
-holds no thread. A request on a thread of its own has its database connection closed at the end.
+Async views (the SSE stream, the sandbox gateway) keep Django's async handling, so what they await
+holds no thread; their sync parts (middleware, signals, the stream's checks) run one at a time on
+one long-lived thread of their own, with its own connection, so an open stream holds neither a
+thread nor a database connection. A sync request on a thread of its own has its database
+connection closed at the end.
+
+In front of it all, ``tasks.middleware.BodyLimit`` refuses a body over the limit before anything
+reads it.
 """
 
 import gc
@@ -25,6 +31,8 @@ from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, sync_to_as
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 from django.urls import Resolver404, get_resolver
+
+from tasks.middleware import BodyLimit
 
 #: threads (each with its database connection) a web process keeps for sync views
 REQUEST_THREADS = 8
@@ -49,13 +57,16 @@ class PlatformApplication:
         self._idle_threads = [
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="request") for _ in range(REQUEST_THREADS)
         ]
+        # Shared by every async request (its sync calls are short): no thread, no connection per stream.
+        self._async_views_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="async-views")
         self._warm_up_left = WARM_UP_REQUESTS
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self._async_views(scope, receive, send)  # Django refuses it (lifespan)
         elif _is_async_view(scope):
-            await _handle_on_own_thread(self._async_views, scope, receive, send)
+            async with ThreadSensitiveContext(executor=self._async_views_thread):
+                await self._async_views.handle(scope, receive, send)
         elif not self._idle_threads:
             await _handle_on_own_thread(self._sync_views, scope, receive, send)
         else:
@@ -98,7 +109,7 @@ def _freeze_long_lived_objects() -> None:
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django.setup(set_prefix=False)
-application = PlatformApplication()
+application = BodyLimit(PlatformApplication())
 # Every view, the API and its schemas imported now, not by the first request: they are frozen below.
 get_resolver().url_patterns  # noqa: B018 - the property loads the URLconf
 _freeze_long_lived_objects()

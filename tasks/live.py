@@ -8,12 +8,19 @@ then each state change and progress report the workers publish on Redis pub/sub
 
 The ledger stays the record and pub/sub only says "something changed, now":
 
-- The stream subscribes and waits for Redis to confirm the subscription *before* it reads the
+- The stream joins its job's subscription and waits for Redis to confirm it *before* it reads the
   ledger row, so an event published while the row is read is not missed; events the row already
   includes are then dropped (see ``JobWatch``).
-- After ``QUIET_SECONDS`` without a message it reads the row again and reports any change, so a
-  lost message (or Redis down, which falls back to reading the row) only delays an update.
+- Every ``QUIET_SECONDS`` the row is read again (one query for all the process's streams) and
+  any change reported, so a lost message (or Redis down, which falls back to reading the row)
+  only delays an update.
 - The final event is built from the row, which the worker writes before it publishes.
+
+Bounded: the streams of a web process share one Redis connection and hold no database connection
+(``tasks.streams``); a user may hold ``SSE_MAX_STREAMS_PER_USER`` streams at once and a process
+``SSE_MAX_STREAMS_PER_PROCESS`` (over either: 429 ``too_many_streams`` with Retry-After); a stream
+ends after ``SSE_MAX_STREAM_SECONDS`` even if its job has not, and the browser's EventSource
+reconnects (``retry:``) and is told the job's state again.
 """
 
 from __future__ import annotations
@@ -21,41 +28,43 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
-from redis.exceptions import RedisError
 
 from tasks.auth import BearerToken
 from tasks.models import Job
 from tasks.models.jobs import FINISHED_STATES
 from tasks.selectors.jobs import job_get_visible, jobs_visible_to
-from tasks.services.events import job_channel
+from tasks.streams import (
+    QUIET_SECONDS,
+    REDIS_RETRY_SECONDS,
+    REDIS_TIMEOUT_SECONDS,
+    Listener,
+    StreamSlot,
+    TooManyStreams,
+    stream_hub,
+    stream_slot_take,
+)
+
+__all__ = ["QUIET_SECONDS", "REDIS_RETRY_SECONDS", "REDIS_TIMEOUT_SECONDS", "JobWatch", "job_events", "job_page"]
 
 logger = logging.getLogger(__name__)
 
-#: after this long without a message the ledger row is read again
-QUIET_SECONDS = 2.0
 #: a comment line after this long without output keeps proxies from closing the stream
 KEEPALIVE_SECONDS = 15.0
-#: how long to wait for Redis to connect and to confirm the subscription
-REDIS_TIMEOUT_SECONDS = 5.0
-#: without Redis, how often a stream tries to subscribe again (it reads the ledger meanwhile)
-REDIS_RETRY_SECONDS = 10.0
-#: how long an EventSource waits before it reconnects after a dropped connection
+#: how long an EventSource waits before it reconnects after the stream ended or dropped
 RECONNECT_MILLISECONDS = 2000
 
 _bearer = BearerToken()
@@ -64,43 +73,58 @@ _bearer = BearerToken()
 # --- the SSE endpoint ------------------------------------------------------------------------
 
 
-async def _api_user(request: HttpRequest):
-    """The API's rules: a valid bearer token, else a logged-in session; None for neither."""
-    user = await sync_to_async(_bearer)(request)  # parses the header as the API does; None without one
-    if user is not None:
-        return user
-    user = await request.auser()
-    return user if user.is_authenticated else None
-
-
 @csrf_exempt  # GET only and changes nothing; as with the API, a bearer client has no CSRF token
 @require_GET
 async def job_events(request: HttpRequest, job_id: UUID) -> HttpResponse:
     """Server-Sent Events of one job: its current state, then each change, ending with the job."""
-    user = await _api_user(request)
-    if user is None:
-        return JsonResponse(
-            {"detail": "authentication required: a bearer token or a session", "code": "unauthenticated"}, status=401
-        )
-    if not await jobs_visible_to(user).filter(pk=job_id).aexists():
-        return JsonResponse({"detail": "not found", "code": "not_found"}, status=404)
-    # Nothing is opened until the server starts iterating, and the generator's ``finally`` closes
-    # the subscription however the stream ends: job finished, client gone (Django cancels the
-    # task), or an error.
-    response = StreamingHttpResponse(_job_stream(job_id), content_type="text/event-stream; charset=utf-8")
+    opened = await sync_to_async(_stream_open)(request, job_id)
+    if isinstance(opened, HttpResponse):
+        return opened
+    # The slot is given back when Django closes the response, however the stream ends: job
+    # finished, lifetime over, client gone (Django cancels the stream), or an error.
+    response = StreamingHttpResponse(_EventStream(job_id, opened), content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return response
 
 
-async def _job_stream(job_id: UUID) -> AsyncIterator[str]:
-    watch = JobWatch(job_id)
-    try:
+def _stream_open(request: HttpRequest, job_id: UUID) -> HttpResponse | StreamSlot:
+    """The API's rules (a valid bearer token, else a logged-in session), the job's visibility,
+    then a slot under the caps. On the async views' thread: the stream itself holds no connection."""
+    user = _bearer(request)  # parses the header as the API does; None without one
+    if user is None and request.user.is_authenticated:
+        user = request.user
+    if user is None:
+        return JsonResponse(
+            {"detail": "authentication required: a bearer token or a session", "code": "unauthenticated"}, status=401
+        )
+    if not jobs_visible_to(user).filter(pk=job_id).exists():
+        return JsonResponse({"detail": "not found", "code": "not_found"}, status=404)
+    slot = stream_slot_take(user.pk)
+    if isinstance(slot, TooManyStreams):
+        refused = JsonResponse({"detail": slot.detail, "code": "too_many_streams"}, status=429)
+        refused["Retry-After"] = str(slot.retry_after)
+        return refused
+    return slot
+
+
+class _EventStream:
+    """A response's content: the job's events. Django calls ``close()`` (from a thread) when it
+    closes the response, even one never iterated: the stream's slot is given back then."""
+
+    def __init__(self, job_id: UUID, slot: StreamSlot) -> None:
+        self.job_id, self.slot = job_id, slot
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[str]:
         yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
-        async for event in watch.events():
+        async for event in JobWatch(self.job_id).events(lifetime=settings.SSE_MAX_STREAM_SECONDS):
             yield event
-    finally:
-        await watch.close()
+
+    def close(self) -> None:
+        self.slot.release()
 
 
 def _sse(kind: str, data: dict[str, Any]) -> str:
@@ -126,124 +150,68 @@ def _job_view(job: Job) -> dict[str, Any]:
 
 
 class JobWatch:
-    """One client's watch of one job: its Redis subscription and what the client has been told.
+    """One client's watch of one job: its place in the process's hub and what the client has been told.
 
     ``self.view`` is what the client knows. An event is emitted only when it changes it. Right
-    after a ledger read (``_sync``), messages already queued on the subscription may describe
-    writes the read included; until one message is newer than the read (``_caught_up``), a
-    message at or behind it (same state, lower or equal progress) is dropped. A worker writes
-    then publishes, one report after another, so once one message is newer, all later ones are.
+    after a ledger read (``_sync``), messages already queued for the stream may describe writes
+    the read included; until one message is newer than the read (``_caught_up``), a message at or
+    behind it (same state, lower or equal progress) is dropped. A worker writes then publishes,
+    one report after another, so once one message is newer, all later ones are.
     """
 
     def __init__(self, job_id: UUID) -> None:
         self.job_id = job_id
-        self.channel = job_channel(job_id)
-        self.client: aioredis.Redis | None = None
-        self.pubsub: aioredis.client.PubSub | None = None
         self.view: dict[str, Any] = {}
         self._caught_up = True
-        self._subscribe_again_at = 0.0
-        self._redis_warned = False
 
-    async def events(self) -> AsyncIterator[str]:
-        await self._subscribe()  # before the first read, so nothing published meanwhile is missed
-        job = await self._read()
-        if job is None:
-            return
-        self.view = _job_view(job)
-        self._caught_up = False
-        yield _sse("state", self.view)  # a late client learns the current (maybe final) state at once
-        last_output = last_message = time.monotonic()
-        while not self.view["finished"]:
-            wait = last_message + QUIET_SECONDS - time.monotonic()
-            message = await self._next_message(timeout=wait) if wait > 0 else None
-            now = time.monotonic()
-            if message is not None:
-                last_message = now
-                out = await self._apply_message(message)
-            elif now >= last_message + QUIET_SECONDS:
-                last_message = now
-                out = await self._resync()
-            else:
-                out = None
-            if out is None and now - last_output >= KEEPALIVE_SECONDS:
-                out = ": keep-alive\n\n"
-            if out is not None:
-                last_output = now
-                yield out
-
-    async def close(self) -> None:
-        """Drop the subscription and the connection (closing it is Redis's unsubscribe)."""
-        pubsub, client, self.pubsub, self.client = self.pubsub, self.client, None, None
+    async def events(self, *, lifetime: float) -> AsyncIterator[str]:
+        """The job's events until it is finished, or ``lifetime`` seconds have passed."""
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + lifetime
+        hub = stream_hub()
+        listener = Listener(self.job_id)
         try:
-            if pubsub is not None:
-                await pubsub.aclose()
-            if client is not None:
-                await client.aclose()
-        except (RedisError, OSError) as exc:
-            logger.debug("job %s: closing the event subscription: %s", self.job_id, exc)
-
-    # --- Redis ---------------------------------------------------------------------------------
-
-    async def _subscribe(self) -> bool:
-        """Subscribe and wait for Redis to confirm it; on failure the watch reads the ledger only."""
-        self._subscribe_again_at = time.monotonic() + REDIS_RETRY_SECONDS
-        self.client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
-        self.pubsub = self.client.pubsub()
-        try:
-            await self.pubsub.subscribe(self.channel)
-            # SUBSCRIBE is only sent; the confirmation says Redis now routes the channel to us.
-            deadline = time.monotonic() + REDIS_TIMEOUT_SECONDS
-            while (remaining := deadline - time.monotonic()) > 0:
-                message = await self.pubsub.get_message(timeout=remaining)
-                if message is not None and message["type"] == "subscribe":
-                    return True
-            raise TimeoutError("no subscription confirmation")
-        except (RedisError, OSError) as exc:  # TimeoutError is an OSError
-            self._redis_lost(exc)
-            await self.close()
-            return False
-
-    def _redis_lost(self, exc: Exception) -> None:
-        level = logging.DEBUG if self._redis_warned else logging.WARNING
-        self._redis_warned = True
-        logger.log(level, "job %s: no live events (%s); reading the ledger every %ss", self.job_id, exc, QUIET_SECONDS)
-
-    async def _next_message(self, *, timeout: float) -> dict[str, Any] | None:
-        """The next event published for the job, or None after ``timeout`` (or without Redis)."""
-        if self.pubsub is None:
-            await asyncio.sleep(timeout)
-            return None
-        try:
-            message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-        except (RedisError, OSError) as exc:
-            self._redis_lost(exc)
-            await self.close()
-            return None
-        if message is None or message["type"] != "message":
-            return None
-        try:
-            event = json.loads(message["data"])
-        except ValueError:
-            logger.warning("job %s: ignored a malformed event %r", self.job_id, message["data"][:200])
-            return None
-        return event if isinstance(event, dict) else None
+            await hub.join(listener)  # before the first read, so nothing published meanwhile is missed
+            try:
+                job = await hub.read(self.job_id)
+            except DatabaseError as exc:
+                logger.warning("job %s: ledger not read (%s); the stream ends, the client reconnects", self.job_id, exc)
+                return
+            if job is None:
+                return
+            self.view = _job_view(job)
+            self._caught_up = False
+            yield _sse("state", self.view)  # a late client learns the current (maybe final) state at once
+            last_output = loop.time()
+            while not self.view["finished"]:
+                now = loop.time()
+                if now >= ends_at:
+                    return  # the client reconnects (retry:) and is told the state again
+                try:
+                    item = await asyncio.wait_for(
+                        listener.queue.get(), min(ends_at, last_output + KEEPALIVE_SECONDS) - now
+                    )
+                except TimeoutError:
+                    item = None
+                if item is None:
+                    out = ": keep-alive\n\n" if loop.time() - last_output >= KEEPALIVE_SECONDS else None
+                elif item[0] == "event":
+                    out = await self._apply_message(item[1])
+                else:
+                    out = self._apply_row(item[1])
+                if out is not None:
+                    last_output = loop.time()
+                    yield out
+        finally:
+            hub.leave(listener)
 
     # --- the ledger ------------------------------------------------------------------------------
 
     async def _read(self) -> Job | None:
-        return await sync_to_async(_job_read)(self.job_id)
+        return await stream_hub().read(self.job_id)
 
-    async def _resync(self) -> str | None:
-        """A quiet spell: read the row again; report what changed (a lost message, an unpublished
-        transition such as queued); try Redis again when it was down."""
-        if self.pubsub is None and time.monotonic() >= self._subscribe_again_at:
-            await self._subscribe()  # and read after it, as at the start
-        try:
-            job = await self._read()
-        except DatabaseError as exc:
-            logger.warning("job %s: ledger not read (%s); trying again in %ss", self.job_id, exc, QUIET_SECONDS)
-            return None
+    def _apply_row(self, job: Job | None) -> str | None:
+        """The periodic read: report what changed (a lost message, an unpublished transition such as queued)."""
         if job is None:  # deleted (retention): nothing more will happen
             self.view = {**self.view, "finished": True}
             return None
@@ -296,15 +264,6 @@ class JobWatch:
             return None
         self.view = new
         return _sse(kind, new)
-
-
-def _job_read(job_id: UUID) -> Job | None:
-    """The ledger row, and the connection let go: a stream lasts as long as its job, and many
-    open streams must not hold as many idle database connections."""
-    try:
-        return Job.objects.filter(pk=job_id).first()
-    finally:
-        connection.close()
 
 
 # --- the page --------------------------------------------------------------------------------

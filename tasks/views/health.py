@@ -1,11 +1,17 @@
-"""Liveness and readiness probes (no authentication: they reveal nothing but up/down)."""
+"""Liveness and readiness probes. No authentication, so they reveal nothing but up or down: a
+failing dependency is named ("database", "redis"), and why it failed (hosts, ports, user names
+in the error) goes to the server log only."""
+
+import logging
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.decorators.http import require_GET
+
+logger = logging.getLogger(__name__)
 
 _redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
 
@@ -18,16 +24,18 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     """200 when the database and Redis both answer, else 503 naming what is down."""
-    down = {}
+    down = []
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except DatabaseError as exc:
-        down["database"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the database is not ready
+        logger.warning("readiness: the database does not answer: %s: %s", type(exc).__name__, exc)
+        down.append("database")
     try:
         _redis.ping()
-    except redis.RedisError as exc:
-        down["redis"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - whatever failed, Redis is not ready
+        logger.warning("readiness: Redis does not answer: %s: %s", type(exc).__name__, exc)
+        down.append("redis")
     if down:
         return JsonResponse({"status": "unavailable", "down": down}, status=503)
     return JsonResponse({"status": "ready"})
