@@ -130,9 +130,7 @@ def run_report(owner, date_from: date, days: int, worker_pid: int) -> dict[str, 
 
     before = time.monotonic()
     with RssSampler(worker_pid) as sampler:
-        report = report_request(
-            owner=owner, date_from=date_from, date_to=date_from + timedelta(days=days - 1), origin="bench"
-        )
+        report = report_request(owner=owner, date_from=date_from, days=days, origin="bench")
         job = wait_until(
             lambda: Job.objects.filter(pk=report.job_id, state__in=FINISHED_STATES).first(),
             timeout=900,

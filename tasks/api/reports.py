@@ -13,20 +13,41 @@ from uuid import UUID
 from django.http import HttpRequest
 from django.urls import reverse
 from ninja import Field, Schema, Status
-from ninja.pagination import PageNumberPagination, paginate
+from pydantic import ConfigDict, StrictStr
 
-from tasks.api.base import Error, Unprocessable, api
+from tasks.api.base import Error, Forbidden, Unprocessable, api, request_allowance
+from tasks.api.pagination import paginated
+from tasks.json_types import JsonInt
 from tasks.models import Job, Report
-from tasks.ratelimit import rate_limited
+from tasks.models.reports import FIRST_REPORT_DAY, LAST_REPORT_START, MAX_REPORT_DAYS
+from tasks.permissions import REPORT_PERMISSION
 from tasks.selectors.reports import report_get_visible, reports_visible_to
-from tasks.services.reports import MAX_REPORT_DAYS, ReportRequestInvalid, report_request
+from tasks.services.allowances import enqueue_admit
+from tasks.services.reports import ReportRequestInvalid, report_request
 
 _BROKER_DOWN = "the broker is unavailable; recorded as pending, the relay publishes when Redis is back"
 
+# Exactly the calendar's days of the years FIRST_REPORT_DAY.year to LAST_REPORT_START.year (1900-2999;
+# leap years: every 4th, not 1900, 2100, 2200, 2300, 2500, 2600, 2700, 2900), as YYYY-MM-DD: what
+# fits the schema is a day the report model takes, and date_from + days stays a valid date.
+_YEAR = r"(?:19|2[0-9])[0-9]{2}"
+_MONTH_DAY = r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+_LEAP_YEAR = r"(?:(?:19|2[0-9])(?:0[48]|[2468][048]|[13579][26])|2[048]00)"
+DATE_FROM_PATTERN = rf"^(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)$"
+
 
 class ReportIn(Schema):
-    date_from: date = Field(description="First day, YYYY-MM-DD (inclusive).")
-    date_to: date = Field(description=f"Last day, YYYY-MM-DD (inclusive); at most {MAX_REPORT_DAYS} days in all.")
+    model_config = ConfigDict(extra="forbid")  # an unknown field is refused: additionalProperties false
+
+    # A string, strictly: pydantic's date would take a number (a Unix time) or a datetime's text.
+    date_from: StrictStr = Field(
+        pattern=DATE_FROM_PATTERN,
+        json_schema_extra={"format": "date"},
+        description=f"First day, YYYY-MM-DD, from {FIRST_REPORT_DAY} to {LAST_REPORT_START}.",
+    )
+    days: JsonInt = Field(
+        ge=1, le=MAX_REPORT_DAYS, description=f"Days the report covers from date_from, 1 to {MAX_REPORT_DAYS}."
+    )
 
 
 class ReportAccepted(Schema):
@@ -45,7 +66,8 @@ class ReportNotPublished(ReportAccepted):
 class ReportOut(Schema):
     id: UUID
     date_from: date
-    date_to: date
+    date_to: date = Field(description="The last day (included): date_from + days - 1.")
+    days: int
     state: str = Field(description="The build job's state (succeeded once the job left the ledger).")
     progress: int = Field(description="0 to 100, the latest the build reported.")
     progress_message: str
@@ -112,6 +134,7 @@ def _accepted(report: Report) -> dict[str, Any]:
         202: ReportAccepted,
         400: Error,
         401: Error,
+        403: Error,
         413: Error,
         422: Unprocessable,
         429: Error,
@@ -119,12 +142,18 @@ def _accepted(report: Report) -> dict[str, Any]:
     },
     url_name="report_create",
 )
-@rate_limited()
 def report_create(request: HttpRequest, body: ReportIn):
-    """Ask for a sales report over a date range; answers at once (202) with the report and its
-    job. The PDF is built on the bulk queue. 422 names the field when the range is refused."""
+    """Ask for a sales report of ``days`` days from ``date_from``; answers at once (202) with the
+    report and its job. The PDF is built on the bulk queue."""
+    # The figures are the whole shop's revenue: for those given the permission, not every customer.
+    if not request.user.has_perm(REPORT_PERMISSION):
+        raise Forbidden(
+            "sales reports need the permission to add reports (tasks.add_report)", code="permission_required"
+        )
+    enqueue_admit(user=request.user, allowance=request_allowance(request), jobs=1)
     try:
-        report = report_request(owner=request.user, date_from=body.date_from, date_to=body.date_to, origin="api")
+        date_from = date.fromisoformat(body.date_from)  # the pattern admits calendar days only
+        report = report_request(owner=request.user, date_from=date_from, days=body.days, origin="api")
     except ReportRequestInvalid as exc:
         error = {"field": exc.field, "message": str(exc)}
         return Status(422, {"detail": f"invalid request: {exc}", "code": "invalid_request", "errors": [error]})
@@ -134,7 +163,7 @@ def report_create(request: HttpRequest, body: ReportIn):
 
 
 @api.get("/reports", response={200: list[ReportOut], 401: Error, 422: Unprocessable}, url_name="report_list")
-@paginate(PageNumberPagination, page_size=50, max_page_size=200)
+@paginated
 def report_list(request: HttpRequest):
     """The caller's reports (every report for staff), newest first; paginated as /api/jobs."""
     return reports_visible_to(request.user).order_by("-created_at", "-id")

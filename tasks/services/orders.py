@@ -62,6 +62,11 @@ class OrderRejected(Exception):
         self.code, self.errors = code, errors
 
 
+class OrderUnavailable(OrderRejected):
+    """The catalogue cannot serve the order as it stands now (an unknown sku, not enough stock):
+    the request is well formed, the shop's state refuses it (HTTP 409)."""
+
+
 class OutOfStock(PermanentError):
     """Not enough stock left to reserve the order (it was there when the order was placed)."""
 
@@ -78,7 +83,8 @@ class OrderLine:
 def order_place(*, customer, lines: Sequence[OrderLine], payment_token: str, email: str) -> Order:
     """Save the order as pending and start its fulfillment workflow, all or nothing.
 
-    Raises OrderRejected for an unknown SKU, a quantity below 1, or more than is in stock now.
+    Raises OrderRejected for no line or a quantity below 1, and OrderUnavailable (one) for an
+    unknown SKU or more than is in stock now.
     The order's jobs are on ``order.step_jobs`` (in workflow order).
     """
     wanted = _lines_merged(lines)
@@ -97,7 +103,7 @@ def order_place(*, customer, lines: Sequence[OrderLine], payment_token: str, ema
                 }
             )
     if errors:
-        raise OrderRejected("; ".join(e["message"] for e in errors), code=errors[0]["code"], errors=errors)
+        raise OrderUnavailable("; ".join(e["message"] for e in errors), code=errors[0]["code"], errors=errors)
 
     with transaction.atomic():
         order = Order.objects.create(customer=customer, email=email, payment_token=payment_token)

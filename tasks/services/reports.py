@@ -1,8 +1,10 @@
 """Sales reports: request one (web), build its PDF (a bulk worker).
 
 A report covers confirmed orders, each counted on the day it was created (``Order.created_at``
-in ``TIME_ZONE``), over an inclusive date range of at most ``MAX_REPORT_DAYS`` days. Revenue is
-the sum of the orders' ``total`` (what was charged); units the sum of their items' quantities.
+in ``TIME_ZONE``), over ``days`` days from ``date_from``, both included (bounds in
+tasks.models.reports: 1 to ``MAX_REPORT_DAYS`` days, a first day in the years 1900 to 2999, so
+every range stays within valid dates). Revenue is the sum of the orders' ``total`` (what was
+charged); units the sum of their items' quantities.
 
 The PDF has a title with the range, a summary (orders, units, revenue), a bar chart of revenue
 per day and a table with exactly one row per day of the range, days without sales included (so
@@ -31,14 +33,13 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from tasks.models import Order, Report
+from tasks.models.reports import report_range_errors
 from tasks.services.jobs import job_enqueue
 
 logger = logging.getLogger(__name__)
 
 #: the ledger task that builds a report (routed to the bulk queue by celeryconfig)
 BUILD_SALES_TASK = "reports.build_sales"
-#: the longest range one report may cover (a leap year)
-MAX_REPORT_DAYS = 366
 #: orders fetched from the database per round trip while streaming
 STREAM_CHUNK = 2000
 #: progress is reported each time counting moves on by this many percent
@@ -90,12 +91,14 @@ class SalesFigures:
 # --- request (web) ----------------------------------------------------------------------------
 
 
-def report_request(*, owner, date_from: date, date_to: date, origin: str = "") -> Report:
-    """Validate the range, then write the report and its build job in one transaction.
+def report_request(*, owner, date_from: date, days: int, origin: str = "") -> Report:
+    """Validate the range (``days`` days from ``date_from``, both ends included), then write the
+    report and its build job in one transaction.
 
     The job is published after commit (job_enqueue), so the worker always finds the report row.
     """
-    report_range_check(date_from=date_from, date_to=date_to)
+    report_range_check(date_from=date_from, days=days)
+    date_to = date_from + timedelta(days=days - 1)
     with transaction.atomic():
         report = Report(owner=owner, date_from=date_from, date_to=date_to)
         report.job = job_enqueue(
@@ -106,13 +109,13 @@ def report_request(*, owner, date_from: date, date_to: date, origin: str = "") -
     return report
 
 
-def report_range_check(*, date_from: date, date_to: date) -> None:
-    """Refuse an inverted range or one longer than MAX_REPORT_DAYS, naming the field to fix."""
-    if date_to < date_from:
-        raise ReportRequestInvalid("date_to", "date_to must be on or after date_from")
-    days = (date_to - date_from).days + 1
-    if days > MAX_REPORT_DAYS:
-        raise ReportRequestInvalid("date_to", f"a report covers at most {MAX_REPORT_DAYS} days, this range has {days}")
+def report_range_check(*, date_from: date, days: int) -> None:
+    """Refuse a first day out of bounds or a length out of 1..MAX_REPORT_DAYS, naming the field
+    (the bounds of the Report model, which the API's schema declares)."""
+    errors = report_range_errors(date_from, days)
+    if errors:
+        field, message = next(iter(errors.items()))
+        raise ReportRequestInvalid(field, f"{field} {message}")
 
 
 # --- build (bulk worker) ----------------------------------------------------------------------

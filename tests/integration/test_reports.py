@@ -15,13 +15,15 @@ import redis
 import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.test import Client
 from pypdf import PdfReader
 
 from tasks.models import ApiToken, Job, Order, OrderItem, Product, Report
 from tasks.queues import QueueName
 from tasks.services.jobs import job_enqueue
-from tasks.services.reports import BUILD_SALES_TASK, report_build, report_request
+from tasks.services.reports import BUILD_SALES_TASK, ReportRequestInvalid, report_build, report_request
+from tests.conftest import grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,6 +32,12 @@ DAYS = [DATE_FROM + timedelta(days=n) for n in range((DATE_TO - DATE_FROM).days 
 #: confirmed orders per day index; 2024-03-04 has none, and must still be a row
 ORDERS_PER_DAY = {0: 3, 1: 1, 2: 5, 4: 2, 5: 7, 6: 4}
 DATE_ROW = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@pytest.fixture(autouse=True)
+def may_ask_for_reports(user) -> None:
+    """Reports need the permission to add them (their figures are the whole shop's revenue)."""
+    grant(user, "add_report")
 
 
 @pytest.fixture
@@ -156,7 +164,7 @@ def test_a_report_is_built_on_the_bulk_worker_and_its_pdf_has_a_row_per_day(
     owner = bearer_headers(user)
 
     answer = requests.post(
-        f"{base}/api/reports", json={"date_from": str(DATE_FROM), "date_to": str(DATE_TO)}, headers=owner, timeout=10
+        f"{base}/api/reports", json={"date_from": str(DATE_FROM), "days": len(DAYS)}, headers=owner, timeout=10
     )
     assert answer.status_code == 202, answer.text
     accepted = answer.json()
@@ -210,7 +218,8 @@ def test_a_report_is_built_on_the_bulk_worker_and_its_pdf_has_a_row_per_day(
     anonymous = requests.get(f"{base}{status['download_url']}", timeout=10)
     assert (anonymous.status_code, anonymous.json()["code"]) == (401, "unauthenticated")
     assert requests.get(f"{base}{accepted['url']}", timeout=10).status_code == 401
-    staff = get_user_model().objects.create_user("ops", password="unused-pass-123", is_staff=True)
+    # Staff with the view permission of reports (the staff scope needs the model's permission).
+    staff = grant(get_user_model().objects.create_user("ops", password="unused-pass-123", is_staff=True), "view_report")
     assert requests.get(f"{base}{status['download_url']}", headers=bearer_headers(staff), timeout=10).content == (
         download.content
     )
@@ -239,34 +248,59 @@ def test_a_report_enqueued_on_another_queue_is_refused_there(media, sales, user,
     assert not report.ready and report.order_count is None
 
 
-def test_the_range_is_checked_and_nothing_is_enqueued_for_a_bad_one(client, auth):
+def test_the_range_is_checked_and_nothing_is_enqueued_for_a_bad_one(client, user, auth):
     cases = [
-        ({"date_from": "2024-03-07", "date_to": "2024-03-01"}, "date_to"),
-        ({"date_from": "2023-01-01", "date_to": "2024-01-02"}, "date_to"),  # 367 days
-        ({"date_from": "2024-02-30", "date_to": "2024-03-01"}, "date_from"),
-        ({"date_from": "2024-03-01"}, "date_to"),
+        ({"date_from": "2023-01-01", "days": 367}, "days"),
+        ({"date_from": "2024-03-01", "days": 0}, "days"),
+        ({"date_from": "2024-03-01", "days": "7"}, "days"),  # a string is not a number of days
+        ({"date_from": "2024-03-01", "days": True}, "days"),
+        ({"date_from": "2024-03-01", "date_to": "2024-03-07"}, "days,date_to"),  # the former shape
+        ({"date_from": "2024-03-01", "days": 7, "date_to": "2024-03-07"}, "date_to"),  # date_to is no field any more
+        ({"date_from": "2024-02-30", "days": 1}, "date_from"),
+        ({"date_from": "2023-02-29", "days": 1}, "date_from"),  # not a leap year
+        ({"date_from": "2100-02-29", "days": 1}, "date_from"),  # nor is 2100
+        ({"date_from": "3000-01-01", "days": 1}, "date_from"),  # past the last start: 2999-12-31
+        ({"date_from": "9999-12-31", "days": 366}, "date_from"),  # would end past year 9999
+        ({"date_from": "1899-12-31", "days": 1}, "date_from"),
+        ({"date_from": 1709251200, "days": 1}, "date_from"),  # a Unix time is not a date
+        ({"date_from": "2024-03-01T00:00:00", "days": 1}, "date_from"),
+        ({"date_from": "2024-03-01\n", "days": 1}, "date_from"),
     ]
     for body, field in cases:
         answer = client.post("/api/reports", json.dumps(body), content_type="application/json", **auth)
         assert answer.status_code == 422, (body, answer.content)
         assert answer.json()["code"] == "invalid_request"
-        assert [error["field"] for error in answer.json()["errors"]] == [field], body
+        assert [error["field"] for error in answer.json()["errors"]] == field.split(","), body
+    # The service and the model hold the same bounds as the schema.
+    for date_from, days, field in [(date(3000, 1, 1), 1, "date_from"), (date(2024, 1, 1), 367, "days")]:
+        with pytest.raises(ReportRequestInvalid) as refused:
+            report_request(owner=user, date_from=date_from, days=days)
+        assert refused.value.field == field
+    with pytest.raises(ValidationError) as invalid:
+        Report(owner=user, date_from=date(2024, 1, 1), date_to=date(2025, 1, 1)).clean()  # 367 days
+    assert set(invalid.value.message_dict) == {"date_to"}
     assert not Report.objects.exists() and not Job.objects.exists()
 
 
-def test_a_full_year_is_accepted(client, auth, broker):
+@pytest.mark.parametrize(
+    ("date_from", "days", "date_to"),
+    [("2024-01-01", 366, "2024-12-31"), ("2024-02-29", 1, "2024-02-29"), ("2999-12-31", 366, "3000-12-31")],
+    ids=["a-leap-year", "a-leap-day", "the-last-start"],
+)
+def test_a_range_within_the_bounds_is_accepted(client, auth, broker, date_from, days, date_to):
     answer = client.post(
-        "/api/reports",
-        json.dumps({"date_from": "2024-01-01", "date_to": "2024-12-31"}),  # a leap year: 366 days
-        content_type="application/json",
-        **auth,
+        "/api/reports", json.dumps({"date_from": date_from, "days": days}), content_type="application/json", **auth
     )
     assert answer.status_code == 202, answer.content
-    assert Report.objects.get(pk=answer.json()["id"]).job.task_name == BUILD_SALES_TASK
+    report = Report.objects.get(pk=answer.json()["id"])
+    assert report.job.task_name == BUILD_SALES_TASK
+    assert (str(report.date_from), str(report.date_to)) == (date_from, date_to)
+    shown = client.get(answer.json()["url"], **auth).json()
+    assert (shown["date_from"], shown["date_to"], shown["days"]) == (date_from, date_to, days)
 
 
 def test_the_download_answers_409_until_the_report_is_built(client, user, auth, broker):
-    report = report_request(owner=user, date_from=DATE_FROM, date_to=DATE_TO)  # no bulk worker runs
+    report = report_request(owner=user, date_from=DATE_FROM, days=len(DAYS))  # no bulk worker runs
 
     answer = client.get(f"/reports/{report.pk}/download", **auth)
 
@@ -298,9 +332,9 @@ def test_a_rebuild_overwrites_the_same_file_and_reports_progress(media, sales, u
 
 
 def test_admin_and_the_list_show_a_built_report(media, sales, user, auth, client, admin_client, broker):
-    report = report_request(owner=user, date_from=DATE_FROM, date_to=DATE_TO)
+    report = report_request(owner=user, date_from=DATE_FROM, days=len(DAYS))
     report_build(report_id=report.pk, progress=lambda percent, message: None)  # as the worker would
-    other = report_request(owner=get_user_model().objects.create_user("other"), date_from=DATE_TO, date_to=DATE_TO)
+    other = report_request(owner=get_user_model().objects.create_user("other"), date_from=DATE_TO, days=1)
 
     listed = client.get("/api/reports", **auth).json()
     assert listed["count"] == 1 and listed["items"][0]["id"] == str(report.pk)
