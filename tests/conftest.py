@@ -124,20 +124,31 @@ def static_files(process_env: dict[str, str]) -> None:
     subprocess.run(argv, cwd=BASE_DIR, env=process_env, check=True, timeout=120)
 
 
+def launch_web(env: dict[str, str]) -> tuple[ManagedProcess, str]:
+    """The ASGI web process (as the Procfile runs it) on a free port, once it answers; returns it
+    and its base URL. The caller stops it."""
+    from tests.support.processes import free_port
+
+    port = free_port()
+    argv = [str(BIN_DIR / "uvicorn"), "project.asgi:application", "--port", str(port)]
+    process = ManagedProcess(argv, env, f"web:{port}").start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(f"{base}/healthz"), timeout=30, what=f"web on port {port}")
+    except AssertionError:
+        process.stop()
+        raise
+    return process, base
+
+
 @pytest.fixture
 def start_web(process_env: dict[str, str], static_files: None) -> Iterator[Callable[..., tuple[ManagedProcess, str]]]:
     """Start the ASGI web process (as the Procfile does) on a free port; returns it and its base URL."""
-    from tests.support.processes import free_port
-
     started: list[ManagedProcess] = []
 
     def start(env: dict | None = None) -> tuple[ManagedProcess, str]:
-        port = free_port()
-        argv = [str(BIN_DIR / "uvicorn"), "project.asgi:application", "--port", str(port)]
-        process = ManagedProcess(argv, {**process_env, **(env or {})}, f"web:{port}").start()
+        process, base = launch_web({**process_env, **(env or {})})
         started.append(process)
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(f"{base}/healthz"), timeout=30, what=f"web on port {port}")
         return process, base
 
     yield start

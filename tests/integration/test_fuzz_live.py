@@ -11,30 +11,20 @@ here: the list endpoints' page bounds, and the schema and docs (with their asset
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
 
 from tasks.api.pagination import MAX_PAGE, MAX_PAGE_SIZE
-from tests.conftest import bearer
+from tests.conftest import bearer, launch_web
 from tests.fuzz_live import api_schema, make_fuzz_user
-from tests.support.processes import BIN_DIR, ManagedProcess, free_port, wait_until
+from tests.integration.test_fuzz_api import HYPOTHESIS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
-HYPOTHESIS = settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    derandomize=not os.environ.get("FUZZ_RANDOM"),
-    suppress_health_check=list(HealthCheck),
-    database=None,
-)
 LISTS = ("/api/jobs", "/api/orders", "/api/reports")
 
 # The document the web process serves (test_the_schema_and_the_docs_are_served_over_http checks
@@ -46,22 +36,11 @@ schema = schemathesis.openapi.from_dict(api_schema())
 def live_web(process_env, static_files) -> Iterator[str]:
     """One web process for the module, as start_web starts one a test: the fuzz is one test per
     operation, all against it. No enqueue rate limit, so that valid requests reach the services."""
-    port = free_port()
-    argv = [str(BIN_DIR / "uvicorn"), "project.asgi:application", "--port", str(port)]
-    process = ManagedProcess(argv, {**process_env, "API_RATE_LIMIT_PER_MINUTE": "0"}, f"web:{port}").start()
-    base = f"http://127.0.0.1:{port}"
+    process, base = launch_web({**process_env, "API_RATE_LIMIT_PER_MINUTE": "0"})
     try:
-        wait_until(lambda: _answers(f"{base}/healthz"), timeout=30, what=f"web on port {port}")
         yield base
     finally:
         process.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 @pytest.fixture

@@ -6,8 +6,11 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
+from project.celery import app
 from tasks.models import Job, PublishLease
+from tasks.services.schedules import RETENTION_SCHEDULE, RETENTION_SCHEDULE_BEFORE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,3 +55,52 @@ def test_a_lease_held_on_a_queued_row_becomes_a_publish_lease_of_the_same_age(mi
     rows = dict(Job.objects.values_list("pk", "publishing_since"))
     assert [rows[job.pk] for job in [*leased, released]] == [None, None, None]
     assert rows[relayed.pk] == since  # the relay's own lease on an unpublished row stays
+
+
+# --- the migration of the seeded schedule -------------------------------------------------------
+
+#: the migration, found by name whatever its number
+RENAME_MIGRATION = "_retention_schedule_prunes_finished_jobs"
+
+
+def rename_targets() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(before it, with it) as migrate targets."""
+    graph = MigrationExecutor(connection).loader.graph
+    (name,) = [name for app, name in graph.nodes if app == "tasks" and name.endswith(RENAME_MIGRATION)]
+    (parent,) = [node for node in graph.node_map[("tasks", name)].parents if node.key[0] == "tasks"]
+    return [parent.key], [("tasks", name)]
+
+
+def test_the_migration_points_the_existing_retention_schedule_at_the_renamed_task(migrated_back):
+    before_rename, with_rename = rename_targets()
+    seeded = PeriodicTask.objects.get(name=RETENTION_SCHEDULE)
+    old_apps = migrated_back(before_rename)
+    # As a database from before has it (the migration's reverse gave the seeded row its old name),
+    # with an admin's edits: disabled, another time; and an admin's own schedule of the old task.
+    OldTask = old_apps.get_model("django_celery_beat", "PeriodicTask")
+    before = OldTask.objects.get(pk=seeded.pk)
+    assert (before.name, before.task) == (RETENTION_SCHEDULE_BEFORE, "jobs.prune_succeeded")
+    later = CrontabSchedule.objects.create(minute="5", hour="4", timezone="UTC")
+    OldTask.objects.filter(pk=seeded.pk).update(enabled=False, crontab_id=later.pk)
+    own = OldTask.objects.create(name="Extra prune", task="jobs.prune_succeeded", crontab_id=later.pk)
+    OldJob = old_apps.get_model("tasks", "Job")
+    past_run = OldJob.objects.create(
+        task_name="jobs.prune_succeeded", queue="bulk", state="succeeded", origin=f"beat:{RETENTION_SCHEDULE_BEFORE}"
+    )
+    changes_before = PeriodicTasks.objects.get(ident=1).last_update
+
+    migrate(with_rename)
+
+    after = PeriodicTask.objects.get(pk=seeded.pk)
+    assert (after.name, after.task, after.enabled, after.crontab_id) == (
+        RETENTION_SCHEDULE,
+        "jobs.prune_finished",
+        False,
+        later.pk,
+    )
+    assert after.description == seeded.description
+    assert PeriodicTask.objects.get(pk=own.pk).task == "jobs.prune_finished"
+    assert "jobs.prune_finished" in app.tasks
+    assert not PeriodicTask.objects.filter(task="jobs.prune_succeeded").exists()
+    assert Job.objects.get(pk=past_run.pk).origin == f"beat:{RETENTION_SCHEDULE}"
+    assert PeriodicTasks.objects.get(ident=1).last_update > changes_before  # a running beat reloads
