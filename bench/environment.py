@@ -51,8 +51,6 @@ def bench_environment(sqlite_path: Path) -> Iterator[Environment]:
     # A DEBUG process keeps every query it runs in memory: not what is deployed, nor measured (set
     # here, it also wins over the DJANGO_DEBUG=true of a developer's var/local.env).
     os.environ["DJANGO_DEBUG"] = "false"
-    # Statements are counted by the processes of the costs scenario only (see bench.scenarios.costs).
-    os.environ.pop("DB_STATEMENT_COUNTER_URL", None)
     # The celery and uvicorn the bench starts must be this virtualenv's.
     os.environ["PATH"] = os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")])
     os.environ["DATABASE_URL"] = database_url = bench_database_url(sqlite_path)
@@ -176,9 +174,9 @@ def ledger_clear() -> None:
     from django.core.management.color import no_style
     from django.db import connection
 
-    from tasks.models import Job, JobAction, JobAttempt, PublishLease
+    from tasks.models import Job, JobAction, JobAttempt
 
-    tables = [model._meta.db_table for model in (JobAttempt, JobAction, Job, PublishLease)]
+    tables = [model._meta.db_table for model in (JobAttempt, JobAction, Job)]
     # TRUNCATE ... CASCADE on PostgreSQL (rows that point at jobs go too), DELETE on SQLite.
     statements = connection.ops.sql_flush(no_style(), tables, allow_cascade=True)
     connection.ops.execute_sql_flush(statements)

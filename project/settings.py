@@ -116,8 +116,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 #: the broker, and the channel for progress and locks
 REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
-#: benchmarks only: a Redis where every process counts the SQL statements it runs (project.statement_counter)
-DB_STATEMENT_COUNTER_URL = env_str("DB_STATEMENT_COUNTER_URL", "", allow_empty=True)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

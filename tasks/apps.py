@@ -24,7 +24,3 @@ class TasksConfig(AppConfig):
                 "PAYMENT_SANDBOX_WITHOUT_DEBUG is on: the sandbox payment gateway runs with DEBUG off, "
                 "and tok_ok pays for any order. Never where real payments are taken."
             )
-        if settings.DB_STATEMENT_COUNTER_URL:
-            from project.statement_counter import install
-
-            install(settings.DB_STATEMENT_COUNTER_URL)

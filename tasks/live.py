@@ -2,7 +2,7 @@
 
 ``GET /api/jobs/<id>/events`` answers ``text/event-stream``: first the job as the ledger has it,
 then each state change and progress report the workers publish on Redis pub/sub
-(``tasks.services.events``), and it ends with the job. Each event is ``event: state`` or
+(``tasks.engine.events``), and it ends with the job. Each event is ``event: state`` or
 ``event: progress`` with one JSON ``data:`` line (``state``, ``progress``, ``progress_message``,
 ``worker``, ``finished``, and ``result`` and ``error`` once finished).
 

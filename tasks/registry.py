@@ -22,11 +22,10 @@ from django.db import DatabaseError
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
+from tasks.engine import Attempt, backoff_delay, engine
 from tasks.errors import PermanentError
 from tasks.models import Job
 from tasks.selectors.schedules import schedule_origins
-from tasks.services import ledger
-from tasks.services.job_rows import ROW_IN_FLIGHT_HEADER
 
 #: name -> task, for every task enqueued through the ledger; filled by @ledger_task as the modules load
 LEDGER_TASKS: dict[str, LedgerTask] = {}
@@ -37,9 +36,6 @@ SCHEDULABLE_TASKS: dict[str, LedgerTask] = {}
 #: name -> payload schema of every ledger task (read at every enqueue: a plain dict, where each
 #: task's attribute is read through a Celery proxy)
 PAYLOAD_SCHEMAS: dict[str, type[BaseModel]] = {}
-#: name -> batch_size, for the tasks whose first attempts travel many to a message (read at every
-#: publish: a plain dict, where each task's attribute is read through a Celery proxy)
-BATCH_SIZES: dict[str, int] = {}
 
 
 class Audience(enum.Enum):
@@ -66,8 +62,8 @@ class LedgerTask(Task):
     Class attributes a task may override: ``max_attempts``, ``backoff_base``,
     ``backoff_max`` (seconds), ``permanent_errors`` (exception types that mean "dead at once";
     ``PermanentError`` and an invalid payload always do) and ``batch_size`` (an option of the
-    decorator, kept in BATCH_SIZES): for short jobs, how many first attempts of one enqueue_many
-    may travel in one message (see tasks.services.batches).
+    decorator): for short jobs, how many first attempts of one enqueue_many
+    may travel in one message (see tasks.engine.publish).
     """
 
     payload_schema: type[BaseModel]
@@ -82,7 +78,7 @@ class LedgerTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         try:
-            attempt = ledger.job_begin_attempt(
+            attempt = engine().begin_attempt(
                 job_id=request.id,
                 task_name=self.name,
                 queue=(request.delivery_info or {}).get("routing_key", ""),
@@ -91,7 +87,6 @@ class LedgerTask(Task):
                 origin=self._origin(),
                 max_attempts=self.max_attempts or settings.TASK_MAX_ATTEMPTS,
                 max_worker_losses=settings.TASK_MAX_WORKER_LOSSES,
-                row_in_flight=bool(getattr(request, ROW_IN_FLIGHT_HEADER, False)),
             )
         except DatabaseError as exc:
             raise self._retry_through_broker(exc) from exc
@@ -106,7 +101,7 @@ class LedgerTask(Task):
             self._record_failure(exc, attempt)
             raise
         try:
-            ledger.job_attempt_succeeded(job_id=request.id, attempt=attempt, result=result)
+            engine().succeed(job_id=request.id, attempt=attempt, result=result)
         except DatabaseError as exc:
             # The result cannot be recorded: run again once the database is back (tasks are idempotent).
             raise self._retry_through_broker(exc) from exc
@@ -114,13 +109,13 @@ class LedgerTask(Task):
 
     def report_progress(self, percent: int, message: str = "") -> None:
         """Record how far the job is (0-100) and a short message; watchers see it live."""
-        ledger.job_report_progress(job_id=self.request.id, percent=percent, message=message)
+        engine().report_progress(job_id=self.request.id, percent=percent, message=message)
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         # Called in the worker's main process for a hard time limit: the child that ran the task
         # was killed, so __call__ could not record it.
         if isinstance(exc, TimeLimitExceeded):
-            ledger.job_attempt_failed(
+            engine().fail(
                 job_id=task_id,
                 number=None,
                 error=f"time limit exceeded (hard limit {exc.args[0] if exc.args else ''}s): the worker was replaced",
@@ -132,10 +127,10 @@ class LedgerTask(Task):
         periodic = getattr(self.request, "periodic_task_name", None)
         return schedule_origins(periodic)[0] if periodic else ""
 
-    def _record_failure(self, exc: Exception, attempt: ledger.Attempt) -> None:
+    def _record_failure(self, exc: Exception, attempt: Attempt) -> None:
         state, error, retry_at = self.failure_outcome(exc, attempt)
         try:
-            ledger.job_attempt_failed(
+            engine().fail(
                 job_id=self.request.id,
                 number=attempt.number,
                 error=error,
@@ -149,7 +144,7 @@ class LedgerTask(Task):
             # Shown as RETRY in Flower; the relay publishes the job again at retry_at.
             raise Retry(exc=exc, when=retry_at) from exc
 
-    def failure_outcome(self, exc: BaseException, attempt: ledger.Attempt) -> tuple[str, str, datetime | None]:
+    def failure_outcome(self, exc: BaseException, attempt: Attempt) -> tuple[str, str, datetime | None]:
         """What a failed run means: the job's state (retrying, failed or dead), its error, and
         when to run again (retrying only)."""
         error = f"{type(exc).__name__}: {exc}"
@@ -159,7 +154,7 @@ class LedgerTask(Task):
             return Job.State.DEAD, error, None
         if attempt.last:
             return Job.State.DEAD, f"{error} (gave up after {attempt.used} attempts)", None
-        retry_at = timezone.now() + ledger.backoff_delay(
+        retry_at = timezone.now() + backoff_delay(
             attempt.used,
             base=self.backoff_base if self.backoff_base is not None else settings.TASK_BACKOFF_BASE_SECONDS,
             ceiling=self.backoff_max or settings.TASK_BACKOFF_MAX_SECONDS,
@@ -168,9 +163,7 @@ class LedgerTask(Task):
 
     def _retry_through_broker(self, exc: DatabaseError) -> Retry:
         """The database is unreachable, so the ledger cannot schedule the retry: the broker does."""
-        delay = ledger.backoff_delay(
-            self.request.retries + 1, base=max(settings.TASK_BACKOFF_BASE_SECONDS, 1), ceiling=60
-        )
+        delay = backoff_delay(self.request.retries + 1, base=max(settings.TASK_BACKOFF_BASE_SECONDS, 1), ceiling=60)
         return self.retry(exc=exc, countdown=delay.total_seconds(), max_retries=LEDGER_OUTAGE_MAX_RETRIES)
 
 
@@ -192,8 +185,6 @@ def ledger_task(
         task = shared_task(name=name, base=LedgerTask, bind=True, payload_schema=payload, **options)(run)
         LEDGER_TASKS[name] = task
         PAYLOAD_SCHEMAS[name] = payload
-        if options.get("batch_size", 1) > 1:
-            BATCH_SIZES[name] = options["batch_size"]
         if public:
             PUBLIC_TASKS[name] = task
         if public or schedulable:

@@ -16,7 +16,7 @@ from typing import Any
 from celery.signals import task_postrun, task_prerun, task_rejected, task_unknown
 from django.db import DatabaseError, close_old_connections
 
-from tasks.services import ledger
+from tasks.engine import engine
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def mark_dead(job_id: str, reason: str) -> None:
     # The worker's main process has no request cycle to drop a connection the server closed.
     close_old_connections()
     try:
-        if ledger.job_mark_undeliverable(job_id=job_id, reason=reason):
+        if engine().mark_undeliverable(job_id=job_id, reason=reason):
             logger.error("job %s is dead: %s", job_id, reason)
     except DatabaseError:
         # The message is already gone; the row stays as it was and the log says why.

@@ -41,8 +41,8 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from redis.exceptions import RedisError
 
+from tasks.engine.events import job_channel
 from tasks.models import Job
-from tasks.services.events import job_channel
 
 logger = logging.getLogger(__name__)
 

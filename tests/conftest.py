@@ -18,18 +18,6 @@ from tests.support.processes import BASE_DIR, BIN_DIR, ManagedProcess, wait_unti
 HOSTNAME = socket.gethostname()
 
 
-@pytest.fixture(autouse=True)
-def lease_releases_done(django_db_blocker) -> Iterator[None]:
-    """A test's publish leases released as it ends, and the release thread ended with its
-    connection: else the thread writes after its test (refused by pytest-django, or into the next
-    test), and its connection keeps PostgreSQL from dropping the test database."""
-    yield
-    from tasks.services.leases import lease_releases
-
-    with django_db_blocker.unblock():
-        lease_releases.stop()
-
-
 @pytest.fixture(scope="session")
 def database_url(django_db_setup, django_db_blocker) -> str:
     """A DATABASE_URL for the test database pytest-django created, for subprocesses."""

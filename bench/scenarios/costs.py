@@ -5,10 +5,10 @@ on an empty queue) and once the workers, told to consume them, have them all don
 The bench's own INFO calls are left out, and so are the commands it spends watching raw Celery's
 queue (counted as it makes them); the two control broadcasts that start the drain stay in.
 
-SQL statements: the platform's workers run with DB_STATEMENT_COUNTER_URL, a Redis of its own (so
-the broker's commandstats do not see the counting), and the statements of the enqueue in the
-bench process are counted by a Django execute wrapper, with the publish leases job_enqueue's
-background thread released meanwhile. The bench's own polling of the ledger runs outside both.
+SQL statements: the platform's workers run with bench.settings (bench.statement_counter), counting
+in a Redis of its own (so the broker's commandstats do not see the counting), and the statements
+of the enqueue in the bench process (insert and publish mark) are counted by a Django execute
+wrapper. The bench's own polling of the ledger runs outside both.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from bench.environment import broker_client
 from bench.figures import Results, at_most, over_raw_at_most
 from bench.jobs import drain_timeout, ours_enqueue, ours_enqueue_many, raw_delay, wait_ours_done, wait_raw_drained
 from bench.processes import DEFAULT_TOPOLOGY, OURS, RAW, Workers
+from bench.statement_counter import COUNTER_KEY, counted_env
 
-#: the key project.statement_counter increments
-STATEMENTS_KEY = "db_statements"
 #: each poll of wait_raw_drained: LLEN and HLEN
 COMMANDS_PER_POLL = 2
 
@@ -58,13 +57,10 @@ def raw_commands(bench: Bench, workers: Workers, jobs: int) -> float:
 
 def ours_costs(bench: Bench, workers: Workers, jobs: int, *, batched: bool) -> tuple[float, float]:
     """Redis commands and SQL statements per job."""
-    from tasks.services.leases import lease_releases
-
     counter = redis.Redis.from_url(bench.counter_url)
-    counter.set(STATEMENTS_KEY, 0)  # the workers' start-up statements, and earlier jobs', are not these jobs'
+    counter.set(COUNTER_KEY, 0)  # the workers' start-up statements, and earlier jobs', are not these jobs'
     before = commands_so_far()
     enqueue_statements = StatementCount()
-    releases_before = lease_releases.statements
     with connection.execute_wrapper(enqueue_statements):
         if batched:
             ours_enqueue_many(jobs, bench.owner)
@@ -74,8 +70,7 @@ def ours_costs(bench: Bench, workers: Workers, jobs: int, *, batched: bool) -> t
     workers.consume(OURS.queue, instead_of=OURS.idle_queue)
     wait_ours_done(jobs, timeout=drain_timeout(jobs), interval=0.05)
     commands = commands_so_far() - before
-    releases = lease_releases.statements - releases_before
-    statements = int(counter.get(STATEMENTS_KEY) or 0) + enqueue_statements.count + releases
+    statements = int(counter.get(COUNTER_KEY) or 0) + enqueue_statements.count
     workers.consume(OURS.idle_queue, instead_of=OURS.queue)
     bench.reset()
     return commands / jobs, statements / jobs
@@ -86,8 +81,8 @@ def run(bench: Bench, results: Results) -> None:
     # Raw alone first, so that ours' idle workers add nothing to its commands; then ours.
     with Workers(RAW, DEFAULT_TOPOLOGY, queues=[RAW.idle_queue], log_dir=bench.log_dir) as workers:
         raw = raw_commands(bench, workers, jobs)
-    env = {"DB_STATEMENT_COUNTER_URL": bench.counter_url}
-    with Workers(OURS, DEFAULT_TOPOLOGY, queues=[OURS.idle_queue], log_dir=bench.log_dir, env=env) as workers:
+    counted = counted_env(bench.counter_url)
+    with Workers(OURS, DEFAULT_TOPOLOGY, queues=[OURS.idle_queue], log_dir=bench.log_dir, env=counted) as workers:
         measured = {batched: ours_costs(bench, workers, jobs, batched=batched) for batched in (False, True)}
     for batched, (commands, statements) in measured.items():
         how = "sent by enqueue_many" if batched else "sent one by one (job_enqueue)"

@@ -6,9 +6,8 @@ Each side runs in alternating blocks (raw, then ours), so a burst of machine noi
 - ``job_enqueue_many``, a call per block;
 - ``POST /api/jobs/batch`` to the web process started from the Procfile, a request per block.
 
-Ours' blocks include releasing the publish leases of their jobs. A call of many releases its own
-before it returns; single jobs' leases the publishing process would otherwise release in the
-background while the next raw block runs.
+Ours' blocks end when the calls return: the engine has then written, published and marked every
+job, so no write of theirs spills into the raw block after them.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from bench.context import Bench
 from bench.figures import Results, ratio_at_least
 from bench.jobs import NOOP, ours_enqueue, ours_enqueue_many, raw_delay
 from bench.processes import start_web
-from tests.support.processes import wait_until
 
 WARM_UP = 20
 
@@ -49,7 +47,7 @@ def run(bench: Bench, results: Results) -> None:
     for start in range(0, sizes.enqueue_single, sizes.enqueue_block):
         block = min(sizes.enqueue_block, sizes.enqueue_single - start)
         raw.time(lambda block=block: raw_delay(block))
-        ours.time(lambda block=block: with_releases(lambda: [ours_enqueue(owner) for _ in range(block)]))
+        ours.time(lambda block=block: [ours_enqueue(owner) for _ in range(block)])
     record(results, "single", "job_enqueue, one job a transaction", sizes.enqueue_single, ours, raw, 0.6)
 
     raw, ours = Stopwatch(), Stopwatch()
@@ -57,7 +55,7 @@ def run(bench: Bench, results: Results) -> None:
     for start in range(0, sizes.enqueue_many, call_size):
         block = min(call_size, sizes.enqueue_many - start)
         raw.time(lambda block=block: raw_delay(block))
-        ours.time(lambda block=block: with_releases(lambda: ours_enqueue_many(block, owner, call_size=block)))
+        ours.time(lambda block=block: ours_enqueue_many(block, owner, call_size=block))
     record(results, "many", f"job_enqueue_many, {call_size:,} jobs a call", sizes.enqueue_many, ours, raw, 10)
 
     web, base_url = start_web(bench.log_dir)
@@ -67,32 +65,12 @@ def run(bench: Bench, results: Results) -> None:
         post()  # warm-up: the connection, the first request's imports
         for _ in range(sizes.api_batches):
             raw.time(lambda: raw_delay(call_size))
-            ours.time(lambda: with_releases_waited(post))
+            ours.time(post)
         jobs = sizes.api_batches * call_size
         record(results, "api_batch", f"POST /api/jobs/batch, {call_size:,} jobs a request", jobs, ours, raw, 10)
     finally:
         web.stop()
     bench.reset()
-
-
-def with_releases(enqueue) -> None:
-    """Enqueue, then release at once the publish leases still held (single jobs' ones): that write
-    belongs to the block's time, not to the raw block after it, during which the background thread
-    would do it."""
-    from tasks.services.leases import lease_releases
-
-    enqueue()
-    lease_releases.flush()
-
-
-def with_releases_waited(post) -> None:
-    """Post, then make sure the web process released the publish lease of the jobs it enqueued
-    (a batch's is released before the answer; were it deferred, its write would belong here)."""
-    from tasks.models import PublishLease
-
-    post()
-    leases = PublishLease.objects.all()
-    wait_until(lambda: not leases.exists(), timeout=30, interval=0.002, what="the publish leases to be released")
 
 
 def batch_poster(base_url: str, token: str, size: int):

@@ -194,7 +194,7 @@ def _accepted(job: Job) -> dict[str, Any]:
 
 
 def _job_url_prefix() -> str:
-    """A job's URL without the id: reversed once, not once per job (a tenth of a batch request)."""
+    """A job's URL without the id: reversed once, not once per job of a batch's answer."""
     return reverse("api:job_get", kwargs={"job_id": _ANY_ID}).removesuffix(str(_ANY_ID))
 
 
@@ -260,7 +260,7 @@ def _batch_answer(request: HttpRequest, status: int, jobs: list[Job], **extra: s
     """A batch's answer (BatchAccepted or BatchNotPublished) rendered as it is: the items were just
     built here, and ninja would validate each against the schema again."""
     url_prefix = _job_url_prefix()
-    answer = {"jobs": [{"id": (id_ := job.id_text), "state": job.state, "url": url_prefix + id_} for job in jobs]}
+    answer = {"jobs": [{"id": (id_ := str(job.pk)), "state": job.state, "url": url_prefix + id_} for job in jobs]}
     return api.create_response(request, {**answer, **extra}, status=status)
 
 

@@ -1,4 +1,4 @@
-from tasks.models.jobs import Job, JobAction, JobAttempt, PublishLease
+from tasks.models.jobs import Job, JobAction, JobAttempt
 from tasks.models.limits import EnqueueLimits
 from tasks.models.notifications import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tasks.models.orders import OpsAlert, Order, OrderItem, OrderStep, Product
@@ -18,7 +18,6 @@ __all__ = [
     "OrderItem",
     "OrderStep",
     "Product",
-    "PublishLease",
     "Report",
     "ScheduleOptions",
     "WebhookAttempt",

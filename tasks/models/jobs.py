@@ -1,13 +1,9 @@
 """The job ledger: one row per job, from the request that asks for it to long after Redis forgot it."""
 
-import uuid
-from collections.abc import Iterable
-
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils import timezone
-from django.utils.functional import cached_property
 from uuid_utils.compat import uuid7
 
 from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
@@ -45,7 +41,7 @@ class Job(models.Model):
         "id",
         primary_key=True,
         # Time-ordered (UUIDv7): a new row's id lands at the right edge of the primary key's index,
-        # not on a random page of it (a fifth of PostgreSQL's time to take in a batch's rows).
+        # not on a random page of it.
         default=uuid7,
         editable=False,
         help_text="Also the Celery task id, so a message and its ledger row are one job.",
@@ -88,9 +84,6 @@ class Job(models.Model):
         on_delete=models.SET_NULL,
         related_name="jobs",
         db_index=False,  # job_owner_created serves owner lookups
-        # Checked by triggers once a statement, not by a foreign key once a row (migration 0011):
-        # a 1,000-job batch request was a sixth faster.
-        db_constraint=False,
     )
     idempotency_key = models.CharField(  # noqa: DJ001 - NULL (no key) stays out of the unique constraint
         "idempotency key",
@@ -130,12 +123,11 @@ class Job(models.Model):
         null=True,
         blank=True,
         editable=False,
-        help_text="Lease of the relay (or a retry) publishing an unpublished job, so it is never published "
-        "twice. A job an enqueue writes queued is leased by a PublishLease instead.",
+        help_text="When the process publishing this pending job claimed it (an enqueue, a retry, the relay): "
+        "another publisher leaves it alone until the claim expires.",
     )
     # One timestamp per transition: pending/scheduled at creation, then queued, started, finished.
-    # Not auto_now_add: job_enqueue gives created_at and queued_at one timestamp (a row written
-    # queued), and auto_now_add would stamp created_at later, at save.
+    # Not auto_now_add: the jobs of one enqueue call share one creation time, given by the call.
     created_at = models.DateTimeField("created at", default=timezone.now, editable=False)
     queued_at = models.DateTimeField("queued at", null=True, blank=True)
     started_at = models.DateTimeField("started at", null=True, blank=True, help_text="Of the latest attempt.")
@@ -206,41 +198,6 @@ class Job(models.Model):
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
-
-    @cached_property
-    def id_text(self) -> str:
-        """The id as text, formatted once: an enqueued job's row, message and answer each need it
-        (each ``str`` of a UUID formats it anew, a twentieth of a batch request)."""
-        return str(self.id)
-
-
-class PublishLease(models.Model):
-    """Jobs an enqueue wrote ``queued`` whose messages its process is sending.
-
-    The process deletes the lease once they are out. One narrow row for every job of the call, so
-    the release rewrites none of the wide, many-indexed job rows. A lease still here after
-    tasks.services.relay.PUBLISH_LEASE belongs to a process that died, maybe before its publish:
-    the relay publishes its jobs that are still queued again.
-    """
-
-    since = models.DateTimeField("since")
-    # Packed, not a JSON list: a call's 1,000 ids cost PostgreSQL a quarter of the time this way.
-    jobs = models.BinaryField("jobs", help_text="The ids of the jobs it covers, 16 bytes each.")
-
-    class Meta:
-        verbose_name = "publish lease"
-
-    def __str__(self) -> str:
-        return f"publish lease {self.pk} of {len(self.jobs) // 16} job(s) since {self.since:%Y-%m-%d %H:%M:%S}"
-
-    @staticmethod
-    def packed(job_ids: Iterable[uuid.UUID]) -> bytes:
-        return b"".join(job_id.bytes for job_id in job_ids)
-
-    @property
-    def job_ids(self) -> list[uuid.UUID]:
-        packed = bytes(self.jobs)
-        return [uuid.UUID(bytes=packed[start : start + 16]) for start in range(0, len(packed), 16)]
 
 
 class JobAttempt(models.Model):

@@ -30,6 +30,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from tasks.engine import job_finished
 from tasks.errors import PermanentError
 from tasks.models import Job, Order, OrderItem, OrderStep, Product
 from tasks.queues import QueueName
@@ -37,7 +38,6 @@ from tasks.services.jobs import JobRequest, job_enqueue_chain
 from tasks.services.payments import payment_charge
 from tasks.services.recovery import ActionRefused, job_cancel
 from tasks.services.webhooks import webhook_event_dispatch
-from tasks.services.workflows import job_finished
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,11 @@
-"""The worker side of multi-job messages (see tasks.services.batches): one message, many jobs."""
+"""The worker side of multi-job messages (tasks.engine.publish packs them): one message, many jobs.
+
+The worker claims a message's jobs in one transaction, runs them one after another, records a
+failure as it happens, and writes successes together (at the end, or every ``FLUSH_SECONDS``).
+Nothing is lost when the worker dies: the message is acknowledged only after its successes are
+written (late ack), so a killed worker's batch is delivered again; the engine then closes the lost
+attempts and publishes every unfinished job again on its own, so a poison job dies alone.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +19,15 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.db import DatabaseError
 
+from tasks.engine import Attempt, backoff_delay, engine
+from tasks.engine.publish import BATCH_TASK
 from tasks.models import Job
 from tasks.registry import LEDGER_OUTAGE_MAX_RETRIES, LEDGER_TASKS, LedgerTask
-from tasks.services import ledger
-from tasks.services.batches import BATCH_TASK, FLUSH_SECONDS, batch_abandon, batch_claim, batch_succeeded
-from tasks.services.job_rows import ROW_IN_FLIGHT_HEADER
 
 logger = logging.getLogger(__name__)
+
+#: successes wait at most this long in a running batch before they are written
+FLUSH_SECONDS = 1.0
 
 
 class BatchTask(Task):
@@ -29,7 +38,7 @@ class BatchTask(Task):
         # The hard limit killed the child mid-batch (this runs in the worker's main process): its
         # unwritten successes are unknown, so every job it still had started runs again alone.
         if isinstance(exc, TimeLimitExceeded):
-            batch_abandon(
+            engine().abandon_batch(
                 job_ids=[job_id for job_id, _ in kwargs.get("jobs", [])],
                 reason="time limit exceeded (hard limit) while its batch ran: the worker was replaced",
                 ran=True,
@@ -38,29 +47,27 @@ class BatchTask(Task):
 
 @shared_task(name=BATCH_TASK, bind=True, base=BatchTask, ignore_result=True)
 def run_batch(self: BatchTask, task: str, jobs: list[list]) -> dict[str, int]:
-    """Run the jobs of one message one after another; see tasks.services.batches."""
+    """Run the jobs of one message one after another."""
     job_task = LEDGER_TASKS[task]
     request = self.request
     try:
-        attempts = batch_claim(
-            task_name=task,
-            jobs=jobs,
+        attempts = engine().claim_batch(
+            job_ids=[job_id for job_id, _ in jobs],
             worker=request.hostname or "",
             queue=(request.delivery_info or {}).get("routing_key", ""),
             max_attempts=job_task.max_attempts or settings.TASK_MAX_ATTEMPTS,
             max_worker_losses=settings.TASK_MAX_WORKER_LOSSES,
-            rows_in_flight=bool(getattr(request, ROW_IN_FLIGHT_HEADER, False)),
         )
         failed = _run_claimed(job_task, jobs, attempts, request)
     except DatabaseError as exc:
         # The broker holds the batch until the database is back; delivered again, its jobs the
         # ledger has started then run again one by one.
-        delay = ledger.backoff_delay(request.retries + 1, base=1, ceiling=60)
+        delay = backoff_delay(request.retries + 1, base=1, ceiling=60)
         raise self.retry(exc=exc, countdown=delay.total_seconds(), max_retries=LEDGER_OUTAGE_MAX_RETRIES) from exc
     return {"jobs": len(jobs), "ran": len(attempts), "failed": failed}
 
 
-def _run_claimed(job_task: LedgerTask, jobs: list[list], attempts: dict[str, ledger.Attempt], request: Any) -> int:
+def _run_claimed(job_task: LedgerTask, jobs: list[list], attempts: dict[str, Attempt], request: Any) -> int:
     """Run each claimed job as its own task request (``report_progress`` and logs name the job);
     returns how many failed."""
     done: dict[str, Any] = {}
@@ -77,8 +84,10 @@ def _run_claimed(job_task: LedgerTask, jobs: list[list], attempts: dict[str, led
             done[job_id] = job_task.run(**payload)
         except SoftTimeLimitExceeded as exc:
             _record_failure(job_task, job_id, exc, attempt)
-            batch_succeeded(results=done, attempts=attempts)
-            batch_abandon(job_ids=[later for later, _ in jobs[index + 1 :] if later in attempts], reason="", ran=False)
+            engine().succeed_many(results=done, attempts=attempts)
+            engine().abandon_batch(
+                job_ids=[later for later, _ in jobs[index + 1 :] if later in attempts], reason="", ran=False
+            )
             raise
         except Exception as exc:  # noqa: BLE001 - any error of a job is its own outcome, not the batch's
             failed += 1
@@ -86,17 +95,17 @@ def _run_claimed(job_task: LedgerTask, jobs: list[list], attempts: dict[str, led
         finally:
             job_task.pop_request()
         if time.monotonic() - flushed_at >= FLUSH_SECONDS:
-            batch_succeeded(results=done, attempts=attempts)
+            engine().succeed_many(results=done, attempts=attempts)
             done, flushed_at = {}, time.monotonic()
-    batch_succeeded(results=done, attempts=attempts)
+    engine().succeed_many(results=done, attempts=attempts)
     return failed
 
 
-def _record_failure(job_task: LedgerTask, job_id: str, exc: BaseException, attempt: ledger.Attempt) -> None:
+def _record_failure(job_task: LedgerTask, job_id: str, exc: BaseException, attempt: Attempt) -> None:
     state, error, retry_at = job_task.failure_outcome(exc, attempt)
     if state != Job.State.RETRYING:
         logger.warning("job %s (%s) ended %s: %s", job_id, job_task.name, state, error)
-    ledger.job_attempt_failed(
+    engine().fail(
         job_id=job_id,
         number=attempt.number,
         error=error,

@@ -171,7 +171,7 @@ def test_a_batched_job_costs_a_fraction_of_a_statement_over_its_whole_life(start
     from django.conf import settings
     from django.db import connection
 
-    from project.statement_counter import COUNTER_KEY
+    from bench.statement_counter import COUNTER_KEY, counted_env
 
     enqueued: list[str] = []
 
@@ -181,7 +181,7 @@ def test_a_batched_job_costs_a_fraction_of_a_statement_over_its_whole_life(start
 
     with connection.execute_wrapper(count):
         jobs = job_enqueue_many(requests=noops(1000))
-    start_worker(QUEUE, name="counted", env={"DB_STATEMENT_COUNTER_URL": settings.REDIS_URL})
+    start_worker(QUEUE, name="counted", env=counted_env(settings.REDIS_URL))
     wait_all(jobs, Job.State.SUCCEEDED)
 
     statements = len(enqueued) + int(broker.get(COUNTER_KEY) or 0)

@@ -17,10 +17,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from tasks.engine.events import job_channel
 from tasks.live import QUIET_SECONDS, REDIS_RETRY_SECONDS, REDIS_TIMEOUT_SECONDS, JobWatch
 from tasks.models import ApiToken, Job
 from tasks.queues import QueueName
-from tasks.services.events import job_channel
 from tasks.services.jobs import job_enqueue
 from tests.conftest import HOSTNAME, grant
 from tests.support.processes import free_port, wait_until

@@ -1,5 +1,5 @@
-"""Rows enqueue writes without the ORM (an INSERT, COPY for many, on PostgreSQL) read back as the
-ORM writes the same jobs."""
+"""Rows the engine writes without the ORM (COPY for many, on PostgreSQL) read back as the ORM
+writes the same jobs."""
 
 from datetime import timedelta
 
@@ -11,7 +11,7 @@ from tasks.services.jobs import JobRequest, job_enqueue, job_enqueue_many
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-#: every column but the id, and the publish lease, which the background release clears meanwhile
+#: every column but the id, and the publisher's claim, which the publish clears meanwhile
 FIELDS = [f.attname for f in Job._meta.concrete_fields if f.attname not in ("id", "publishing_since")]
 
 

@@ -9,13 +9,13 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
 from project.celery import app
-from tasks.models import Job, PublishLease
+from tasks.models import Job
 from tasks.services.schedules import RETENTION_SCHEDULE, RETENTION_SCHEDULE_BEFORE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BEFORE_LEASE_ROWS = [("tasks", "0009_job_written_queued")]
-WITH_LEASE_ROWS = [("tasks", "0010_publish_leases")]
+BEFORE_ONE_PUBLISH = [("tasks", "0014_retention_schedule_prunes_finished_jobs")]
+WITH_ONE_PUBLISH = [("tasks", "0015_one_publish_mechanism_and_owner_key")]
 
 
 def migrate(targets) -> MigrationExecutor:
@@ -37,24 +37,26 @@ def migrated_back():
     migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
 
 
-def test_a_lease_held_on_a_queued_row_becomes_a_publish_lease_of_the_same_age(migrated_back):
-    old_job = migrated_back(BEFORE_LEASE_ROWS).get_model("tasks", "Job")
-    since = timezone.now() - timedelta(seconds=5)
+def test_the_queued_jobs_of_a_publish_lease_go_back_to_the_relay(migrated_back):
+    old_apps = migrated_back(BEFORE_ONE_PUBLISH)
+    old_job, old_lease = old_apps.get_model("tasks", "Job"), old_apps.get_model("tasks", "PublishLease")
 
     def job(state, **fields):
         return old_job.objects.create(task_name="ops.ping", queue="default", state=state, **fields)
 
-    leased = [job("queued", publishing_since=since) for _ in range(2)]
-    released = job("queued")
-    relayed = job("pending", publishing_since=since)
+    leased, started = job("queued", queued_at=timezone.now()), job("started")
+    unleased = job("queued", queued_at=timezone.now())
+    old_lease.objects.create(since=timezone.now() - timedelta(seconds=5), jobs=leased.pk.bytes + started.pk.bytes)
 
-    migrate(WITH_LEASE_ROWS)
+    migrate(WITH_ONE_PUBLISH)
 
-    (lease,) = PublishLease.objects.all()
-    assert (lease.since, sorted(lease.job_ids)) == (since, sorted(job.pk for job in leased))
-    rows = dict(Job.objects.values_list("pk", "publishing_since"))
-    assert [rows[job.pk] for job in [*leased, released]] == [None, None, None]
-    assert rows[relayed.pk] == since  # the relay's own lease on an unpublished row stays
+    rows = {
+        pk: (state, queued_at is None) for pk, state, queued_at in Job.objects.values_list("pk", "state", "queued_at")
+    }
+    assert rows[leased.pk] == (Job.State.PENDING, True)  # its publish may never have happened
+    assert rows[started.pk] == (Job.State.STARTED, True)
+    assert rows[unleased.pk] == (Job.State.QUEUED, False)
+    assert Job.objects.get(pk=leased.pk).publishing_since is None  # the relay takes it at once
 
 
 # --- the migration of the seeded schedule -------------------------------------------------------

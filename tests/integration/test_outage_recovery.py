@@ -2,7 +2,6 @@
 
 import json
 import time
-import uuid
 
 import pytest
 import requests
@@ -11,8 +10,6 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tasks.models import ApiToken, Job
 from tasks.queues import QueueName
-from tasks.registry import LEDGER_TASKS
-from tasks.services.job_rows import ROW_IN_FLIGHT_HEADER
 from tasks.services.jobs import job_enqueue
 from tests.conftest import create_operator
 from tests.support.processes import BIN_DIR, ManagedProcess, wait_until
@@ -82,33 +79,5 @@ def test_database_unavailable_during_a_task_retries_with_backoff_and_succeeds_wh
         done = wait_for_job(job.id, Job.State.SUCCEEDED, timeout=60)
         assert done.attempts == 1
         assert list(done.attempt_history.values_list("outcome", flat=True)) == ["succeeded"]
-    finally:
-        proxy.close()
-
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs a database reached over TCP (CI runs PostgreSQL)")
-def test_a_message_sent_ahead_of_a_row_that_never_came_is_not_run_after_an_outage(
-    process_env, database_url, start_worker, wait_for_job
-):
-    """A job whose enqueue failed (its INSERT did not commit) has its message in Redis: a worker
-    that meets a database outage on it retries through the broker, and the copy must still say
-    that its row may not be there (Celery's retry keeps a message's own headers), or the job would
-    get a row from the message and run."""
-    db = connection.settings_dict
-    proxy = TcpProxy((db["HOST"], int(db["PORT"] or 5432)))
-    through_proxy = database_url.replace(f"{db['HOST']}:{db['PORT'] or 5432}", f"127.0.0.1:{proxy.port}")
-    job_id = uuid.uuid4()
-    try:
-        start_worker(QueueName.DEFAULT, env={"DATABASE_URL": through_proxy})
-        proxy.cut()
-        LEDGER_TASKS["ops.ping"].apply_async(
-            kwargs={}, task_id=str(job_id), queue=QueueName.DEFAULT, headers={ROW_IN_FLIGHT_HEADER: True}
-        )
-        time.sleep(4)  # the worker meets the outage and retries through the broker
-        assert not Job.objects.filter(pk=job_id).exists()
-        proxy.restore()
-
-        cancelled = wait_for_job(job_id, Job.State.CANCELLED, timeout=60)
-        assert cancelled.attempts == 0 and "enqueue did not complete" in cancelled.error
     finally:
         proxy.close()

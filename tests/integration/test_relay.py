@@ -9,10 +9,11 @@ import requests
 from django.db import transaction
 from django.utils import timezone
 
-from tasks.models import ApiToken, Job, PublishLease
+from tasks.engine import engine
+from tasks.engine.orm import PUBLISH_CLAIM
+from tasks.models import ApiToken, Job
 from tasks.queues import QueueName
-from tasks.services.jobs import JobRequest, _mark_published, job_enqueue, job_enqueue_many
-from tasks.services.relay import PUBLISH_LEASE
+from tasks.services.jobs import JobRequest, job_enqueue, job_enqueue_many
 from tests.conftest import create_operator
 from tests.support.processes import wait_until
 
@@ -49,7 +50,7 @@ def test_job_enqueued_while_redis_is_down_runs_once_redis_is_back(own_redis, sta
 
 
 def test_relay_publishes_a_row_whose_publisher_died_and_leaves_a_fresh_lease_alone(start_relay, broker):
-    orphan = unpublished(publishing_since=timezone.now() - PUBLISH_LEASE - timedelta(seconds=1))
+    orphan = unpublished(publishing_since=timezone.now() - PUBLISH_CLAIM - timedelta(seconds=1))
     in_flight = unpublished(publishing_since=timezone.now())
 
     assert start_relay("--once").popen.wait(60) == 0
@@ -89,50 +90,35 @@ def test_delayed_job_waits_in_the_ledger_then_runs_when_due(start_relay, start_w
     assert done.attempts == 1
 
 
-def test_enqueue_writes_the_row_queued_and_releases_its_lease_in_the_background(broker):
-    job = job_enqueue(task_name="ops.ping")
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["alone", "in-a-transaction"])
+def test_enqueue_returns_its_job_published_and_queued_with_no_claim_left(broker, in_transaction):
+    with transaction.atomic() if in_transaction else nullcontext():
+        job = job_enqueue(task_name="ops.ping")
+        if in_transaction:
+            assert broker.llen("default:5") == 0  # nothing is sent before the commit
 
     row = Job.objects.get(pk=job.pk)
     assert (row.state, row.publishing_since, broker.llen("default:5")) == (Job.State.QUEUED, None, 1)
-    wait_until(
-        lambda: not PublishLease.objects.exists(), timeout=5, what="the background thread to release the publish lease"
-    )
+    assert job.state == Job.State.QUEUED
 
 
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["alone", "in-a-transaction"])
-def test_enqueue_many_leaves_no_lease_once_it_returns(broker, in_transaction):
-    # Alone it publishes before its COMMIT and takes none; in a transaction, its one lease is
-    # released by the publish after the commit.
+def test_enqueue_many_leaves_no_claim_once_it_returns(broker, in_transaction):
     with transaction.atomic() if in_transaction else nullcontext():
         jobs = job_enqueue_many(requests=[JobRequest("ops.ping")] * 3)
 
     assert broker.llen("default:5") == 3
-    assert not PublishLease.objects.exists()
-    assert set(Job.objects.filter(pk__in=[job.pk for job in jobs]).values_list("state", flat=True)) == {
-        Job.State.QUEUED
-    }
+    rows = Job.objects.filter(pk__in=[job.pk for job in jobs])
+    assert set(rows.values_list("state", "publishing_since")) == {(Job.State.QUEUED, None)}
 
 
-def test_relay_publishes_the_queued_jobs_of_an_expired_enqueue_lease(start_relay, broker):
-    expired = timezone.now() - PUBLISH_LEASE - timedelta(seconds=1)
-    orphan, started = unpublished(state=Job.State.QUEUED), unpublished(state=Job.State.STARTED)
-    in_flight = unpublished(state=Job.State.QUEUED)
-    released = unpublished(state=Job.State.QUEUED)
-    PublishLease.objects.create(since=expired, jobs=PublishLease.packed([orphan.pk, started.pk]))
-    fresh = PublishLease.objects.create(since=timezone.now(), jobs=PublishLease.packed([in_flight.pk]))
+def test_a_rolled_back_enqueue_publishes_nothing(broker):
+    with transaction.atomic():
+        job = job_enqueue(task_name="ops.ping")
+        transaction.set_rollback(True)
 
-    assert start_relay("--once").popen.wait(60) == 0
-
-    assert broker.llen("default:5") == 1
-    published = json.loads(broker.lindex("default:5", 0))["headers"]["id"]
-    assert published == str(orphan.pk)
-    assert list(PublishLease.objects.values_list("pk", flat=True)) == [fresh.pk]
-    states = dict(Job.objects.values_list("pk", "state"))
-    assert (states[orphan.pk], states[started.pk], states[released.pk]) == (
-        Job.State.QUEUED,
-        Job.State.STARTED,
-        Job.State.QUEUED,
-    )
+    assert broker.llen("default:5") == 0
+    assert not Job.objects.filter(pk=job.pk).exists()
 
 
 @pytest.mark.parametrize("count", [1, 3])
@@ -142,7 +128,7 @@ def test_a_late_publish_mark_leaves_a_job_a_worker_already_failed_back_to_retryi
     retry_at = timezone.now() + timedelta(seconds=5)
     jobs = [unpublished(state=Job.State.RETRYING, run_at=retry_at, attempts=2) for _ in range(count)]
 
-    _mark_published([job.pk for job in jobs], timezone.now())
+    engine().mark_published([job.pk for job in jobs], timezone.now())
 
     assert set(Job.objects.filter(pk__in=[job.pk for job in jobs]).values_list("state", flat=True)) == {
         Job.State.RETRYING
