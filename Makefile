@@ -67,9 +67,11 @@ else
 	$(PY) -m tests.fuzz_live --examples $(FUZZ_EXAMPLES) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 endif
 
+## lint: ruff, and the architecture contract (pyproject.toml's [tool.importlinter]; `make test` checks it too)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

@@ -91,7 +91,7 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 # The job ledger in the database is the result store; Redis keeps no results.
 task_ignore_result = True
 # Celery's Django fixup closes the database connections after every task unless told otherwise: a
-# new PostgreSQL connection per job (~10 ms, most of a short job's cost). Never close them here;
+# new PostgreSQL connection (a handshake and a server process) per job. Never close them here;
 # tasks.signals closes them as Django does per request: when broken or older than CONN_MAX_AGE.
 CELERY_DB_REUSE_MAX = 2**31
 
@@ -108,7 +108,7 @@ result_accept_content = ["json"]
 # --- monitoring: Flower sees every worker and every task -------------------------------------
 worker_send_task_events = True
 # No "task-sent" event: the ledger already records every queued job (API, admin, /api/queues), and
-# the event cost a Redis PUBLISH per job, about a fifth of an enqueue. Flower shows a task from
+# the event would add a Redis PUBLISH to every enqueue. Flower shows a task from
 # the moment a worker receives it.
 task_send_sent_event = False
 

@@ -4,11 +4,11 @@ Django's ASGI handler, with the sync views (the API, admin, pages) served the wa
 server serves them, which keeps a request's latency low under load:
 
 - One thread hop a request. Django's built-in middleware is sync code: in Django's async chain
-  each ``process_request`` / ``process_response`` hops to a thread and back, about fifteen hops a
-  request, each a wake-up on a busy machine. Here the middleware and a sync view run in one hop.
+  each ``process_request`` / ``process_response`` hops to a thread and back, each hop a wake-up
+  on a busy machine. Here the middleware and a sync view run in one hop.
 - Long-lived request threads. Django gives every request a new thread, so a persistent database
-  connection (CONN_MAX_AGE) would be opened for each request and left to the garbage collector:
-  at 100 requests/s PostgreSQL runs out of connections. A sync view's request borrows one of
+  connection (CONN_MAX_AGE) would be opened for each request and left to the garbage collector,
+  so under steady load PostgreSQL runs out of connections. A sync view's request borrows one of
   ``REQUEST_THREADS`` threads instead, each keeping its own connection. When all are busy (a
   burst, or slow clients of file downloads), a request gets a thread of its own, as in Django.
 
@@ -101,8 +101,8 @@ def _is_async_view(scope) -> bool:
 def _freeze_long_lived_objects() -> None:
     """Take every object alive now out of the garbage collector's full passes: Django, the URL
     resolvers, schemas, the broker and database clients live as long as the process. A full pass
-    otherwise scans them all, a pause of tens of milliseconds for every request in flight; frozen,
-    it scans only what requests left since (about 2 ms)."""
+    otherwise scans them all, pausing every request in flight; frozen, it scans only what requests
+    left since."""
     gc.collect()
     gc.freeze()
 

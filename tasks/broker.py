@@ -1,10 +1,10 @@
 """kombu's Redis transport, with one Redis client per channel for the commands it sends itself.
 
 kombu's Redis channel makes a new ``redis.Redis`` for every command it sends outside its event
-loop: each publish, each acknowledgement. Making one sets up redis-py's table of about 170
-response callbacks, a fifth of a single publish here (80 µs of 420). A client holds no connection
-of its own (it takes one from the channel's pool for each command, thread-safely, and a forked
-process gets a fresh pool), so the channel keeps the first one it makes.
+loop: each publish, each acknowledgement, and each new one sets up redis-py's table of response
+callbacks anew. A client holds no connection of its own (it takes one from the channel's pool for
+each command, thread-safely, and a forked process gets a fresh pool), so the channel keeps the
+first one it makes.
 
 It is installed as the transport of ``redis://`` URLs, so that URLs and everything that reads
 them (Flower's broker view, the workers' banner) stay as they are.

@@ -1,8 +1,8 @@
 """A job's owner is checked once a statement by triggers, not once a row by a foreign key.
 
 A foreign key runs a query of its own for each inserted row, at COMMIT: a thousand for a
-1,000-job batch, 4 of its 6 ms of COMMIT, on the critical path of the request (the README's
-Benchmarks). The triggers keep the key's guarantees with one query a statement:
+1,000-job batch, on the critical path of the request. The triggers keep the key's guarantees with
+one query a statement:
 
 - An insert (one row or a COPY) whose owner is no user fails with a foreign key violation, and
   the owners it names are locked FOR KEY SHARE, as the key's check locks them: a user cannot be

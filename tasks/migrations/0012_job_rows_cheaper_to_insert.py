@@ -1,4 +1,4 @@
-"""Two changes that make PostgreSQL take in a new job row faster (the README's Benchmarks):
+"""Two changes that leave PostgreSQL less work for each new job row:
 
 - New jobs' ids are time-ordered (UUIDv7): each lands at the right edge of the primary key's
   index instead of on a random page of it. The default is Python's alone (the column has none),

@@ -1,4 +1,5 @@
-"""Housekeeping tasks run by beat (not public: clients cannot enqueue them)."""
+"""The shop's housekeeping tasks run by beat (not public: clients cannot enqueue them); the
+platform's (finished jobs) is in tasks.tasks.retention."""
 
 from datetime import timedelta
 
@@ -8,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.registry import LedgerTask, ledger_task
 from tasks.services.maintenance import orders_alert_stuck_pending, orders_prune_cancelled
-from tasks.services.retention import jobs_prune_finished, reports_prune
+from tasks.services.retention import reports_prune
 
 logger = get_task_logger(__name__)
 
@@ -20,22 +21,6 @@ logger = get_task_logger(__name__)
 
 class NoPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-@ledger_task(name="jobs.prune_finished", payload=NoPayload, schedulable=True)
-def jobs_prune_finished_task(task: LedgerTask, payload: NoPayload) -> dict:
-    """Succeeded jobs past JOB_RETENTION_DAYS, failed, dead and cancelled ones past JOB_FAILED_RETENTION_DAYS."""
-    kept, kept_failed = settings.JOB_RETENTION_DAYS, settings.JOB_FAILED_RETENTION_DAYS
-    deleted = jobs_prune_finished(
-        succeeded_older_than=timedelta(days=kept), failed_older_than=timedelta(days=kept_failed)
-    )
-    logger.info("job %s: pruned finished jobs %s", task.request.id, deleted)
-    return {
-        "deleted": sum(deleted.values()),
-        "deleted_by_state": deleted,
-        "retention_days": kept,
-        "failed_retention_days": kept_failed,
-    }
 
 
 @ledger_task(name="reports.prune", payload=NoPayload, schedulable=True)
