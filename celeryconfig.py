@@ -8,7 +8,7 @@ from django.conf import settings
 from kombu import Queue
 
 from project.env import SettingError, env_int
-from tasks.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
+from tasks.platform.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 
 # --- broker -------------------------------------------------------------------------------
 broker_url = settings.REDIS_URL
@@ -92,11 +92,11 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 task_ignore_result = True
 # Celery's Django fixup closes the database connections after every task unless told otherwise: a
 # new PostgreSQL connection (a handshake and a server process) per job. Never close them here;
-# tasks.signals closes them as Django does per request: when broken or older than CONN_MAX_AGE.
+# tasks.platform.signals closes them as Django does per request: when broken or older than CONN_MAX_AGE.
 CELERY_DB_REUSE_MAX = 2**31
 
 # A message the worker cannot decode marks its job dead in the ledger (Celery only logs it).
-worker_consumer = "tasks.worker:LedgerConsumer"
+worker_consumer = "tasks.platform.worker:LedgerConsumer"
 
 # --- serialization: JSON only, never pickle --------------------------------------------------
 accept_content = ["json"]
@@ -115,6 +115,6 @@ task_send_sent_event = False
 # --- beat: schedules live in the database, edited in Django admin -----------------------------
 # django-celery-beat's DatabaseScheduler, subclassed: one leader at a time (a Redis lease), each run
 # a ledger job whose key is its due time, and a missed-run policy (see tasks/beat.py).
-beat_scheduler = "tasks.beat:LeaderScheduler"
+beat_scheduler = "tasks.platform.beat:LeaderScheduler"
 timezone = settings.TIME_ZONE
 enable_utc = True

@@ -49,7 +49,7 @@ def bench_operator():
     from django.contrib.auth.models import Permission
 
     from tasks.models import EnqueueLimits
-    from tasks.permissions import OPERATOR_PERMISSION
+    from tasks.platform.permissions import OPERATOR_PERMISSION
 
     owner, _ = get_user_model().objects.update_or_create(username=BENCH_USER, defaults={"is_staff": True})
     app_label, codename = OPERATOR_PERMISSION.split(".")

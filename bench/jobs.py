@@ -15,7 +15,7 @@ NOOP = "ops.noop"
 def ours_enqueue_many(count: int, owner, *, io_ms: float = 0, call_size: int = 1000) -> None:
     """``count`` ops.noop jobs through job_enqueue_many, ``call_size`` a call (short jobs travel
     many to a message)."""
-    from tasks.services.jobs import JobRequest, job_enqueue_many
+    from tasks.platform.services.jobs import JobRequest, job_enqueue_many
 
     payload = {"io_ms": io_ms} if io_ms else None
     for start in range(0, count, call_size):
@@ -26,7 +26,7 @@ def ours_enqueue_many(count: int, owner, *, io_ms: float = 0, call_size: int = 1
 
 def ours_enqueue(owner, **options):
     """One ops.noop job through job_enqueue (one message), in its own transaction."""
-    from tasks.services.jobs import job_enqueue
+    from tasks.platform.services.jobs import job_enqueue
 
     job = job_enqueue(task_name=NOOP, owner=owner, origin="bench", **options)
     ensure_published([job])
@@ -63,7 +63,7 @@ def wait_ours_done(count: int, *, timeout: float, interval: float = 0.02) -> dat
     from django.db.models import Max
 
     from tasks.models import Job
-    from tasks.models.jobs import FINISHED_STATES
+    from tasks.platform.models.jobs import FINISHED_STATES
 
     finished = Job.objects.filter(state__in=FINISHED_STATES)
     wait_until(lambda: finished.count() >= count, timeout=timeout, interval=interval, what=f"{count} jobs to finish")

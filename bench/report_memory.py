@@ -125,8 +125,8 @@ class RssSampler:
 
 def run_report(owner, date_from: date, days: int, worker_pid: int) -> dict[str, Any]:
     from tasks.models import Job
-    from tasks.models.jobs import FINISHED_STATES
-    from tasks.services.reports import report_request
+    from tasks.platform.models.jobs import FINISHED_STATES
+    from tasks.reports.services import report_request
 
     before = time.monotonic()
     with RssSampler(worker_pid) as sampler:

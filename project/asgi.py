@@ -18,7 +18,7 @@ one long-lived thread of their own, with its own connection, so an open stream h
 thread nor a database connection. A sync request on a thread of its own has its database
 connection closed at the end.
 
-In front of it all, ``tasks.middleware.BodyLimit`` refuses a body over the limit before anything
+In front of it all, ``tasks.platform.middleware.BodyLimit`` refuses a body over the limit before anything
 reads it.
 """
 
@@ -32,7 +32,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 from django.urls import Resolver404, get_resolver
 
-from tasks.middleware import BodyLimit
+from tasks.platform.middleware import BodyLimit
 
 #: threads (each with its database connection) a web process keeps for sync views
 REQUEST_THREADS = 8

@@ -4,7 +4,7 @@ import os
 
 from celery import Celery
 
-from tasks import broker
+from tasks.platform import broker
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 broker.install()  # redis:// takes kombu's Redis transport with its clients reused

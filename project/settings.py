@@ -72,14 +72,15 @@ WSGI_APPLICATION = "project.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Each domain of the tasks app (tasks/<domain>/templates) keeps its own templates.
+        "DIRS": sorted((BASE_DIR / "tasks").glob("*/templates")),
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "tasks.views.mail.mail_page_context",
+                "tasks.localmail.views.mail_page_context",
             ],
         },
     },
@@ -214,7 +215,7 @@ PENDING_ORDER_ALERT_MINUTES = env_int("PENDING_ORDER_ALERT_MINUTES", 10, minimum
 #: beat leader lease in Redis: a standby beat takes over within twice this after the leader dies
 BEAT_LEASE_SECONDS = env_int("BEAT_LEASE_SECONDS", 10, minimum=2)
 
-#: largest request body on any path: refused (413) by tasks.middleware.BodyLimit before it is read
+#: largest request body on any path: refused (413) by tasks.platform.middleware.BodyLimit before it is read
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
 #: jobs one user may enqueue through the API a minute: a burst up to it, then refilled evenly; a
 #: batch counts each job; staff are limited too. 0 turns it off. The default lets a full batch (1000) through.

@@ -14,8 +14,9 @@ class TasksConfig(AppConfig):
 
     def ready(self) -> None:
         # Register the tasks in every process (web validates payloads against them).
-        from tasks import signals, tasks  # noqa: F401 - registers the tasks and worker signal handlers
-        from tasks.services.schedules import schedules_seed
+        from tasks import tasks  # noqa: F401 - registers the tasks
+        from tasks.platform import signals  # noqa: F401 - the worker's signal handlers
+        from tasks.platform.services.schedules import schedules_seed
 
         post_migrate.connect(schedules_seed, sender=self)
         if settings.PAYMENT_SANDBOX and not settings.DEBUG:

@@ -1,8 +1,12 @@
 from django.urls import path
 
-from tasks import live
+from tasks.accounts import views as accounts
 from tasks.api import api
-from tasks.views import accounts, health, mail, orders, reports, sandbox
+from tasks.localmail import views as mail
+from tasks.orders import sandbox
+from tasks.orders import views as orders
+from tasks.platform import health, live
+from tasks.reports import views as reports
 
 urlpatterns = [
     # Before the API: a streaming async view of its own, outside django-ninja.

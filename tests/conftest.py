@@ -188,7 +188,7 @@ def bearer(user) -> dict[str, str]:
 
 
 def create_operator(username: str, **fields):
-    """An operator (tasks.permissions): a staff user who may add jobs, so may enqueue the ``ops.*``
+    """An operator (tasks.platform.permissions): a staff user who may add jobs, so may enqueue the ``ops.*``
     tasks on any queue and priority, and who sees only their own jobs (no view permission)."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Permission

@@ -56,7 +56,7 @@ def make_fuzz_user():
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Permission
 
-    from tasks.permissions import REPORT_PERMISSION
+    from tasks.platform.permissions import REPORT_PERMISSION
 
     user, _ = get_user_model().objects.get_or_create(username=FUZZ_USERNAME, defaults={"email": FUZZ_EMAIL})
     app_label, codename = REPORT_PERMISSION.split(".")

@@ -3,7 +3,7 @@
 ``acyclic_modules``: no import cycle between any two modules of the root packages, each cycle shown
 whole with its import lines. The built-in ``acyclic_siblings`` checks each package's children
 against each other, so a cycle through a package's own ``__init__`` (``tasks.models`` imports
-``tasks.models.jobs``, which imports ``tasks.models``) is inside one sibling and goes unseen there.
+``tasks.platform.models.jobs``, which imports ``tasks.models``) is inside one sibling and goes unseen there.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def raw_chord(bench: Bench, members: int) -> float:
 
 def ours_group(bench: Bench, members: int) -> float:
     from tasks.models import Job
-    from tasks.services.jobs import JobRequest, job_enqueue_group
+    from tasks.platform.services.jobs import JobRequest, job_enqueue_group
 
     start = timezone.now()
     _, then = job_enqueue_group(

@@ -175,7 +175,7 @@ def critical_starts(bench: Bench, listener: JobEvents, count: int) -> list[float
 
 def critical_under_backlog(bench: Bench, results: Results) -> None:
     from tasks.models import Job
-    from tasks.services.jobs import JobRequest, job_enqueue_many
+    from tasks.platform.services.jobs import JobRequest, job_enqueue_many
 
     sizes = bench.sizes
     listener = JobEvents()

@@ -3,7 +3,7 @@
 import django.core.serializers.json
 import django.core.validators
 import django.db.models.deletion
-import tasks.models.notifications
+import tasks.notifications.models
 import uuid
 from django.db import migrations, models
 
@@ -22,7 +22,7 @@ class Migration(migrations.Migration):
                 ('name', models.CharField(max_length=100, unique=True, verbose_name='name')),
                 ('url', models.URLField(help_text='Where events are POSTed (http or https; redirects are not followed).', max_length=500, validators=[django.core.validators.URLValidator(schemes=['http', 'https'])], verbose_name='URL')),
                 ('secret', models.CharField(blank=True, help_text='Signs every delivery (HMAC-SHA256); share it with the receiver. Left blank, one is generated.', max_length=200, verbose_name='signing secret')),
-                ('event_types', models.JSONField(default=list, help_text='The events this endpoint receives.', validators=[tasks.models.notifications.validate_event_types], verbose_name='events')),
+                ('event_types', models.JSONField(default=list, help_text='The events this endpoint receives.', validators=[tasks.notifications.models.validate_event_types], verbose_name='events')),
                 ('active', models.BooleanField(default=True, help_text='Inactive endpoints receive nothing new.', verbose_name='active')),
                 ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created at')),
             ],

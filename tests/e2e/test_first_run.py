@@ -16,7 +16,7 @@ import pytest
 import requests
 from dotenv import dotenv_values
 
-from tasks.services.catalogue import DEMO_PRODUCTS
+from tasks.orders.services.catalogue import DEMO_PRODUCTS
 from tests.support.processes import BASE_DIR, BIN_DIR, ManagedProcess, free_port, wait_until
 
 VENV = BIN_DIR.parent

@@ -13,8 +13,8 @@ import requests
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tasks.models import Job
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
 from tests.support.browser import CHROMIUM_ARGS
 from tests.support.flower import FLOWER_AUTH, launch_flower, wait_for_flower_state
 

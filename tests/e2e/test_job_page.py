@@ -13,8 +13,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Page
 
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
 from tests.conftest import HOSTNAME
 from tests.support.browser import browser_page
 from tests.support.browser import log_in_to as log_in

@@ -11,7 +11,7 @@ import requests
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tasks.models import ApiToken, Job
-from tasks.queues import QueueName
+from tasks.platform.queues import QueueName
 from tests.conftest import HOSTNAME, create_operator
 from tests.support.processes import ManagedProcess, free_port, wait_until
 

@@ -9,8 +9,8 @@ import json
 import pytest
 from django.contrib.auth import get_user_model
 
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
 from tests.e2e.test_job_page import PASSWORD, RECORD_PROGRESS, expected_result, log_in_to, wait_until_finished
 from tests.support.browser import browser_page
 

@@ -30,7 +30,7 @@ from tornado.web import RequestHandler
 
 from tasks.api import api
 from tasks.models import ApiToken, Job, Order, Product, Report, WebhookEndpoint
-from tasks.models.tokens import token_digest
+from tasks.platform.models.tokens import token_digest
 from tests.conftest import bearer, create_operator, grant
 from tests.support.flower import FLOWER_AUTH, launch_flower
 
@@ -397,7 +397,7 @@ def _flower_routes() -> list[tuple[str, list[str]]]:
     """(path, methods) of every Flower handler, Flower's own and the platform's."""
     from flower.urls import handlers
 
-    from tasks.flower.handlers import platform_handlers
+    from tasks.platform.flower.handlers import platform_handlers
 
     routes = []
     for spec in [*handlers, *platform_handlers()]:

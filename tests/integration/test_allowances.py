@@ -13,9 +13,9 @@ from django.test import Client
 from django.urls import reverse
 
 from tasks.models import ApiToken, EnqueueLimits, Job, Order, Product, WebhookDelivery, WebhookEndpoint
-from tasks.models.jobs import ACTIVE_STATES
-from tasks.queues import QueueName
-from tasks.registry import PUBLIC_TASKS
+from tasks.platform.models.jobs import ACTIVE_STATES
+from tasks.platform.queues import QueueName
+from tasks.platform.registry import PUBLIC_TASKS
 from tests.conftest import bearer, create_operator, grant
 
 pytestmark = pytest.mark.django_db
@@ -118,7 +118,7 @@ def test_the_active_count_uses_the_index_of_active_jobs(registered):
     """On PostgreSQL the cap's count reads the partial index, not the owner's whole history."""
     from django.db import connection
 
-    from tasks.selectors.jobs import jobs_active_count
+    from tasks.platform.selectors.jobs import jobs_active_count
 
     if connection.vendor != "postgresql":
         pytest.skip("plans are PostgreSQL's")
@@ -250,7 +250,7 @@ def test_a_staff_user_who_may_change_jobs_is_offered_the_actions(broker):
 
 
 def test_the_limits_form_checks_queues_and_names_one_owner():
-    from tasks.admin.jobs import EnqueueLimitsForm
+    from tasks.platform.admin.jobs import EnqueueLimitsForm
 
     user = get_user_model().objects.create_user("limited")
     form = EnqueueLimitsForm(data={"queues": ["nowhere"], "user": user.pk})

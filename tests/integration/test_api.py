@@ -12,9 +12,9 @@ from django.test import Client
 from django.utils import timezone
 
 from tasks.models import ApiToken, Job
-from tasks.queues import QueueName
-from tasks.services.beat import schedule_run_key
-from tasks.services.jobs import job_enqueue
+from tasks.platform.queues import QueueName
+from tasks.platform.services.beat import schedule_run_key
+from tasks.platform.services.jobs import job_enqueue
 from tests.conftest import bearer, create_operator, grant
 
 pytestmark = pytest.mark.django_db(transaction=True)

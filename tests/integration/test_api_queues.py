@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from tasks.models import Job
-from tasks.selectors.queues import queue_ledger_counts
+from tasks.platform.selectors.queues import queue_ledger_counts
 from tests.conftest import bearer, create_operator, grant
 from tests.support.processes import free_port
 

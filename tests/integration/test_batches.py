@@ -9,9 +9,9 @@ import time
 import pytest
 
 from tasks.models import Job, JobAttempt
-from tasks.queues import QueueName
-from tasks.services.jobs import JobRequest, job_enqueue_group, job_enqueue_many
-from tasks.services.recovery import job_cancel, job_retry
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import JobRequest, job_enqueue_group, job_enqueue_many
+from tasks.platform.services.recovery import job_cancel, job_retry
 from tests.integration.test_process_failures import SHORT_VISIBILITY, kill_pool_child
 from tests.support.processes import wait_until
 

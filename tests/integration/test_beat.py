@@ -18,8 +18,8 @@ import redis
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from tasks.beat import LEASE_KEY
 from tasks.models import Job, MissedRunPolicy, ScheduleOptions
+from tasks.platform.beat import LEASE_KEY
 from tests.conftest import HOSTNAME
 from tests.support.processes import BIN_DIR, ManagedProcess, wait_until
 

@@ -1,5 +1,5 @@
 """The request-body limit over HTTP, in the web process the Procfile runs: refused before the body
-is read (tasks.middleware.BodyLimit, in front of Django), on every path."""
+is read (tasks.platform.middleware.BodyLimit, in front of Django), on every path."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""The platform's Redis transport (tasks.broker): kombu's, with one client per channel."""
+"""The platform's Redis transport (tasks.platform.broker): kombu's, with one client per channel."""
 
 import uuid
 
 import pytest
 
 from project.celery import app
-from tasks.broker import Transport
+from tasks.platform.broker import Transport
 
 
 def test_redis_urls_take_the_platforms_transport_and_read_as_before():

@@ -20,9 +20,9 @@ from django.contrib.auth import get_user_model
 
 from project.celery import app
 from tasks.models import Job, JobAction
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
-from tasks.services.recovery import job_cancel, job_retry
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
+from tasks.platform.services.recovery import job_cancel, job_retry
 from tests.conftest import HOSTNAME, bearer, wait_for_worker, worker_argv
 from tests.support.flower import FLOWER_AUTH, launch_flower
 from tests.support.processes import ManagedProcess, wait_until

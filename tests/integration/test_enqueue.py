@@ -12,9 +12,9 @@ from django_celery_beat.models import PeriodicTask
 
 from project.celery import app
 from tasks.models import Job, Order, OrderStep
-from tasks.services.jobs import InvalidOption, InvalidPayload, JobRequest, job_enqueue, job_enqueue_many
-from tasks.services.retention import jobs_prune_finished
-from tasks.services.schedules import RETENTION_SCHEDULE
+from tasks.platform.services.jobs import InvalidOption, InvalidPayload, JobRequest, job_enqueue, job_enqueue_many
+from tasks.platform.services.retention import jobs_prune_finished
+from tasks.platform.services.schedules import RETENTION_SCHEDULE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,11 +17,11 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from tasks.engine.events import job_channel
-from tasks.live import QUIET_SECONDS, REDIS_RETRY_SECONDS, REDIS_TIMEOUT_SECONDS, JobWatch
 from tasks.models import ApiToken, Job
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.platform.engine.events import job_channel
+from tasks.platform.live import QUIET_SECONDS, REDIS_RETRY_SECONDS, REDIS_TIMEOUT_SECONDS, JobWatch
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
 from tests.conftest import HOSTNAME, grant
 from tests.support.processes import free_port, wait_until
 

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, connections, transaction
 
 from tasks.models import Job
-from tasks.services.jobs import JobRequest, job_enqueue, job_enqueue_many
+from tasks.platform.services.jobs import JobRequest, job_enqueue, job_enqueue_many
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from tasks.models import Job
-from tasks.services.jobs import JobRequest, job_enqueue, job_enqueue_many
+from tasks.platform.services.jobs import JobRequest, job_enqueue, job_enqueue_many
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

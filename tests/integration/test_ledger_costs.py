@@ -8,8 +8,8 @@ from django.db import connection
 
 from bench.statement_counter import COUNTER_KEY, counted_env
 from tasks.models import Job
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

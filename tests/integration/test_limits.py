@@ -14,11 +14,11 @@ import requests
 from django.conf import settings as django_settings
 from django.test import Client
 
-from tasks import ratelimit
 from tasks.api import api
-from tasks.api.jobs import BATCH_MAX_JOBS
 from tasks.models import Job, Order, Product, Report
-from tasks.services.jobs import PayloadTooLarge, job_enqueue, job_payload_validate
+from tasks.platform import ratelimit
+from tasks.platform.api.jobs import BATCH_MAX_JOBS
+from tasks.platform.services.jobs import PayloadTooLarge, job_enqueue, job_payload_validate
 from tests.conftest import bearer, create_operator, grant
 from tests.support.processes import BASE_DIR, BIN_DIR, free_port
 
@@ -193,11 +193,11 @@ def test_without_redis_requests_are_let_through_with_a_warning(client, customer,
     settings.API_RATE_LIMIT_PER_MINUTE = 1
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
 
-    with caplog.at_level(logging.WARNING, logger="tasks.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="tasks.platform.ratelimit"):
         for _ in range(2):
             assert post(client, "/api/jobs", {"task": "ops.ping"}, headers).status_code == 202
 
-    warnings = [r for r in caplog.records if r.name == "tasks.ratelimit" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "tasks.platform.ratelimit" and r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert "let through" in warnings[0].getMessage()
 

@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from tasks.models import Product
-from tasks.services.catalogue import DEMO_PRODUCTS
+from tasks.orders.services.catalogue import DEMO_PRODUCTS
 from tests.support.processes import BASE_DIR, BIN_DIR
 
 pytestmark = pytest.mark.django_db(transaction=True)

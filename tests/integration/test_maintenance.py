@@ -12,11 +12,11 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from project.celery import app
+from tasks.maintenance.services import orders_alert_stuck_pending, orders_prune_cancelled
 from tasks.models import Job, OpsAlert, Order, OrderItem, OrderStep, Product
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
-from tasks.services.maintenance import orders_alert_stuck_pending, orders_prune_cancelled
-from tasks.services.schedules import (
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
+from tasks.platform.services.schedules import (
     ALERT_STUCK_ORDERS_SCHEDULE,
     PRUNE_CANCELLED_ORDERS_SCHEDULE,
     REPORT_RETENTION_SCHEDULE,
@@ -183,7 +183,7 @@ def test_alerts_of_deleted_orders_are_resolved_and_a_resolved_alert_is_not_raise
 
 
 def test_a_backlog_of_stuck_orders_is_alerted_a_run_at_a_time_oldest_first(make_order, monkeypatch):
-    monkeypatch.setattr("tasks.services.maintenance.MAX_ALERTS_PER_RUN", 2)
+    monkeypatch.setattr("tasks.maintenance.services.MAX_ALERTS_PER_RUN", 2)
     backlog = [make_order(Order.Status.PENDING, age=timedelta(minutes=60 - i)) for i in range(5)]
 
     runs = [orders_alert_stuck_pending(older_than=timedelta(minutes=10)) for _ in range(4)]

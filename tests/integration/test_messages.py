@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from project.celery import app
 from tasks.models import Job, JobAttempt
-from tasks.queues import QueueName
-from tasks.tasks.ops import ops_mark_key
+from tasks.platform.queues import QueueName
+from tasks.platform.tasks.ops import ops_mark_key
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,7 +10,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTas
 
 from project.celery import app
 from tasks.models import Job
-from tasks.services.schedules import RETENTION_SCHEDULE, RETENTION_SCHEDULE_BEFORE
+from tasks.platform.services.schedules import RETENTION_SCHEDULE, RETENTION_SCHEDULE_BEFORE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,11 +17,11 @@ from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 
+from tasks.accounts.services import user_register
 from tasks.models import Job, JobAction, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from tasks.queues import QueueName
-from tasks.services.accounts import user_register
-from tasks.services.recovery import job_retry
-from tasks.services.webhooks import webhook_event_dispatch
+from tasks.notifications.services import webhook_event_dispatch
+from tasks.platform.queues import QueueName
+from tasks.platform.services.recovery import job_retry
 from tests.support.http_receiver import Answer, HttpReceiver
 from tests.support.processes import free_port, wait_until
 from tests.support.smtp import Inbox

@@ -20,7 +20,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 
 from tasks.models import ApiToken, Job, JobAttempt, Order, Product, WebhookEndpoint
-from tasks.services.orders import order_reserve_inventory
+from tasks.orders.services.orders import order_reserve_inventory
 from tests.support.http_receiver import HttpReceiver
 from tests.support.processes import free_port, wait_until
 

@@ -9,8 +9,8 @@ from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tasks.models import ApiToken, Job
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
 from tests.conftest import create_operator
 from tests.support.processes import BIN_DIR, ManagedProcess, wait_until
 from tests.support.tcp_proxy import TcpProxy

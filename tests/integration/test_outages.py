@@ -3,7 +3,7 @@
 import pytest
 import requests
 
-from tasks.models import ApiToken, Job, PublishLease
+from tasks.models import ApiToken, Job
 from tests.conftest import create_operator
 from tests.support.processes import free_port
 
@@ -26,7 +26,7 @@ def test_redis_down_while_enqueueing_answers_503_and_keeps_the_job_pending(start
     job = Job.objects.get(pk=body["id"])
     assert job.state == Job.State.PENDING
     assert job.payload == {"hold_seconds": 0, "ignore_soft_limit": False}  # stored with its defaults
-    assert not PublishLease.objects.exists()  # dropped with the failed publish: the relay takes the rows now
+    assert job.publishing_since is None  # the failed publish freed its claim: the relay takes it at once
 
     ready = requests.get(f"{base}/readyz", timeout=10)
     assert ready.status_code == 503

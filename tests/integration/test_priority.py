@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 
 from tasks.models import Job
-from tasks.queues import PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.platform.queues import PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
+from tasks.platform.services.jobs import job_enqueue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

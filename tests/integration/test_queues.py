@@ -3,8 +3,8 @@
 import pytest
 
 from tasks.models import Job
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
 from tests.conftest import HOSTNAME
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -33,9 +33,9 @@ def test_readyz_names_what_is_down_and_nothing_of_where_or_who(start_web):
         assert secret not in ready.text, secret
     # Why is for the operator, in the server's log.
     log = web.log()
-    assert "WARNING tasks.views.health: readiness: the database does not answer" in log
+    assert "WARNING tasks.platform.health: readiness: the database does not answer" in log
     assert f"port {database_port} failed" in log
-    assert "WARNING tasks.views.health: readiness: Redis does not answer" in log
+    assert "WARNING tasks.platform.health: readiness: Redis does not answer" in log
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL server that answers")

@@ -9,10 +9,10 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from tasks.models import ApiToken, Job, JobAction
-from tasks.queues import QueueName
-from tasks.selectors.queues import queue_ledger_counts
-from tasks.services.jobs import job_enqueue
-from tasks.services.recovery import ActionRefused, job_cancel, job_discard, job_retry
+from tasks.platform.queues import QueueName
+from tasks.platform.selectors.queues import queue_ledger_counts
+from tasks.platform.services.jobs import job_enqueue
+from tasks.platform.services.recovery import ActionRefused, job_cancel, job_discard, job_retry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

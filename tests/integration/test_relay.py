@@ -9,11 +9,11 @@ import requests
 from django.db import transaction
 from django.utils import timezone
 
-from tasks.engine import engine
-from tasks.engine.orm import PUBLISH_CLAIM
 from tasks.models import ApiToken, Job
-from tasks.queues import QueueName
-from tasks.services.jobs import JobRequest, job_enqueue, job_enqueue_many
+from tasks.platform.engine import engine
+from tasks.platform.engine.orm import PUBLISH_CLAIM
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import JobRequest, job_enqueue, job_enqueue_many
 from tests.conftest import create_operator
 from tests.support.processes import wait_until
 

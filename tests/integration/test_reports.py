@@ -20,9 +20,9 @@ from django.test import Client
 from pypdf import PdfReader
 
 from tasks.models import ApiToken, Job, Order, OrderItem, Product, Report
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
-from tasks.services.reports import BUILD_SALES_TASK, ReportRequestInvalid, report_build, report_request
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
+from tasks.reports.services import BUILD_SALES_TASK, ReportRequestInvalid, report_build, report_request
 from tests.conftest import grant
 
 pytestmark = pytest.mark.django_db(transaction=True)

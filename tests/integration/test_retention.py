@@ -16,11 +16,12 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from tasks.models import Job, JobAction, Order, OrderStep, Report
-from tasks.queues import QueueName
-from tasks.services import retention
-from tasks.services.jobs import job_enqueue
-from tasks.services.retention import jobs_prune_finished, reports_prune
-from tasks.services.schedules import REPORT_RETENTION_SCHEDULE, RETENTION_SCHEDULE
+from tasks.platform.queues import QueueName
+from tasks.platform.services import retention
+from tasks.platform.services.jobs import job_enqueue
+from tasks.platform.services.retention import jobs_prune_finished
+from tasks.platform.services.schedules import REPORT_RETENTION_SCHEDULE, RETENTION_SCHEDULE
+from tasks.reports.retention import reports_prune
 from tests.conftest import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)

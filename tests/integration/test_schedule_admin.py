@@ -23,9 +23,9 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from tasks.models import Job, MissedRunPolicy, ScheduleOptions
-from tasks.queues import QueueName
-from tasks.registry import SCHEDULABLE_TASKS
-from tasks.selectors.schedules import schedule_next_runs
+from tasks.platform.queues import QueueName
+from tasks.platform.registry import SCHEDULABLE_TASKS
+from tasks.platform.selectors.schedules import schedule_next_runs
 from tests.support.processes import BIN_DIR, ManagedProcess, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("static_files")]

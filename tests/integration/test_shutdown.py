@@ -7,8 +7,8 @@ import time
 import pytest
 
 from tasks.models import Job, JobAttempt
-from tasks.queues import QueueName
-from tasks.services.jobs import job_enqueue
+from tasks.platform.queues import QueueName
+from tasks.platform.services.jobs import job_enqueue
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -17,10 +17,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 
-from tasks.engine.events import job_channel
 from tasks.models import ApiToken, Job
-from tasks.queues import QueueName
-from tasks.streams import QUIET_SECONDS
+from tasks.platform.engine.events import job_channel
+from tasks.platform.queues import QueueName
+from tasks.platform.streams import QUIET_SECONDS
 from tests.integration.test_events import TIMEOUT, open_stream, sse_events, subscribers
 from tests.support.processes import free_port, wait_until
 

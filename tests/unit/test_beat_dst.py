@@ -15,9 +15,9 @@ import pytest
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from project.celery import app
-from tasks import beat
 from tasks.models import MissedRunPolicy
-from tasks.services.beat import run_plan, schedule_run_key
+from tasks.platform import beat
+from tasks.platform.services.beat import run_plan, schedule_run_key
 
 BERLIN = ZoneInfo("Europe/Berlin")
 GRACE = timedelta(seconds=30)

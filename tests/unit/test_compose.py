@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.queues import QueueName
+from tasks.platform.queues import QueueName
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 #: Procfile processes with no compose twin: compose runs the official Redis image instead, and

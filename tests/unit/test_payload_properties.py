@@ -19,8 +19,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from tasks.registry import LEDGER_TASKS, PUBLIC_TASKS
-from tasks.services.jobs import InvalidPayload, job_payload_validate
+from tasks.platform.registry import LEDGER_TASKS, PUBLIC_TASKS
+from tasks.platform.services.jobs import InvalidPayload, job_payload_validate
 from tests.conftest import bearer
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "200"))

@@ -5,7 +5,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from tasks.services.relay import RELAY_BATCH, jobs_relay
+from tasks.platform.services.relay import RELAY_BATCH, jobs_relay
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from tasks.models import Job
-from tasks.services.recovery import ActionRefused, job_discard, job_retry
+from tasks.platform.models import Job
+from tasks.platform.services.recovery import ActionRefused, job_discard, job_retry
 
 
 class Command(BaseCommand):

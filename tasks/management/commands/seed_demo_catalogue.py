@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from tasks.services.catalogue import catalogue_seed_demo
+from tasks.orders.services.catalogue import catalogue_seed_demo
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from tasks.services.schedules import schedules_seed
+from tasks.platform.services.schedules import schedules_seed
 
 
 class Command(BaseCommand):

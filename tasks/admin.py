@@ -1,0 +1,9 @@
+"""Django admin, where Django looks for it: each domain's admin module registers its models."""
+
+from tasks.maintenance import admin as maintenance_admin
+from tasks.notifications import admin as notifications_admin
+from tasks.orders import admin as orders_admin
+from tasks.platform.admin import jobs, schedules
+from tasks.reports import admin as reports_admin
+
+__all__ = ["jobs", "maintenance_admin", "notifications_admin", "orders_admin", "reports_admin", "schedules"]

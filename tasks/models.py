@@ -1,0 +1,26 @@
+"""Every model of the ``tasks`` app, where Django looks for them: the platform's and each shop
+domain's. Code imports a model from its own package; this index is for Django, tests and tools."""
+
+from tasks.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from tasks.orders.models import OpsAlert, Order, OrderItem, OrderStep, Product
+from tasks.platform.models import ApiToken, EnqueueLimits, Job, JobAction, JobAttempt, MissedRunPolicy, ScheduleOptions
+from tasks.reports.models import Report
+
+__all__ = [
+    "ApiToken",
+    "EnqueueLimits",
+    "Job",
+    "JobAction",
+    "JobAttempt",
+    "MissedRunPolicy",
+    "OpsAlert",
+    "Order",
+    "OrderItem",
+    "OrderStep",
+    "Product",
+    "Report",
+    "ScheduleOptions",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+]

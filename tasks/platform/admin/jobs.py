@@ -1,0 +1,127 @@
+from django import forms
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+
+from tasks.platform.admin.actions import apply_each
+from tasks.platform.models import ApiToken, EnqueueLimits, Job, JobAction, JobAttempt
+from tasks.platform.queues import QueueName
+from tasks.platform.services.recovery import job_cancel, job_discard, job_retry
+
+
+class JobAttemptInline(admin.TabularInline):
+    model = JobAttempt
+    extra = 0
+    can_delete = False
+    readonly_fields = ("number", "worker", "started_at", "finished_at", "outcome", "error")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class JobActionInline(admin.TabularInline):
+    model = JobAction
+    extra = 0
+    can_delete = False
+    readonly_fields = ("kind", "by", "via", "at", "from_state")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = (
+        "id", "task_name", "queue", "priority", "state", "attempts", "progress", "worker", "owner",
+        "created_at", "finished_at",
+    )  # fmt: skip
+    list_filter = ("state", "queue", "task_name")
+    search_fields = ("=id", "=idempotency_key", "task_name", "worker", "owner__username")
+    date_hierarchy = "created_at"
+    list_select_related = ("owner",)
+    # The ledger is written by the platform; admins read it (retry and cancel come as actions).
+    readonly_fields = [f.name for f in Job._meta.fields]
+    inlines = [JobAttemptInline, JobActionInline]
+    actions = ["retry_jobs", "cancel_jobs", "discard_jobs"]
+
+    def _apply(self, request, queryset, service, done: str) -> None:
+        apply_each(self, request, queryset, lambda job: service(job_id=job.pk, by=request.user, via="admin"), done=done)
+
+    @admin.action(description="Retry the selected failed, dead or cancelled jobs", permissions=["change"])
+    def retry_jobs(self, request, queryset) -> None:
+        self._apply(request, queryset, job_retry, "job(s) queued again")
+
+    @admin.action(description="Cancel the selected jobs", permissions=["change"])
+    def cancel_jobs(self, request, queryset) -> None:
+        self._apply(request, queryset, job_cancel, "job(s) cancelled")
+
+    @admin.action(description="Discard the selected dead jobs", permissions=["change"])
+    def discard_jobs(self, request, queryset) -> None:
+        self._apply(request, queryset, job_discard, "job(s) discarded")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+class EnqueueLimitsForm(forms.ModelForm):
+    """Queues as checkboxes of the declared queues, not a JSON box."""
+
+    queues = forms.MultipleChoiceField(
+        label=EnqueueLimits._meta.get_field("queues").verbose_name.capitalize(),
+        choices=QueueName.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=EnqueueLimits._meta.get_field("queues").help_text,
+    )
+
+    class Meta:
+        model = EnqueueLimits
+        fields = ("user", "token", "rate_per_minute", "max_active_jobs", "queues", "highest_priority")
+
+    def clean(self):
+        cleaned = super().clean()
+        # On their own page the limits name their owner; under a user or a token, that is the owner.
+        if {"user", "token"} <= set(self.fields) and bool(cleaned.get("user")) == bool(cleaned.get("token")):
+            raise forms.ValidationError("Limits are for one user or one API token: choose exactly one.")
+        return cleaned
+
+
+class EnqueueLimitsInline(admin.StackedInline):
+    model = EnqueueLimits
+    form = EnqueueLimitsForm
+    fields = ("rate_per_minute", "max_active_jobs", "queues", "highest_priority")  # the owner is the page's
+    extra = 0
+    max_num = 1
+    verbose_name_plural = "enqueue limits (blank fields keep the defaults)"
+
+
+@admin.register(EnqueueLimits)
+class EnqueueLimitsAdmin(admin.ModelAdmin):
+    form = EnqueueLimitsForm
+    list_display = ("__str__", "rate_per_minute", "max_active_jobs", "queues", "highest_priority")
+    list_select_related = ("user", "token__user")
+    search_fields = ("user__username", "token__user__username", "token__prefix")
+    raw_id_fields = ("user", "token")
+    fields = ("user", "token", "rate_per_minute", "max_active_jobs", "queues", "highest_priority")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "user", "created_at", "last_used_at")
+    search_fields = ("user__username", "prefix")
+    readonly_fields = ("user", "prefix", "created_at", "last_used_at")
+    inlines = [EnqueueLimitsInline]
+
+    def has_add_permission(self, request) -> bool:
+        # Tokens are shown once when made: use `manage.py create_api_token <username>`.
+        return False
+
+
+class UserWithLimitsAdmin(UserAdmin):
+    """Django's user admin, with the user's enqueue limits under it."""
+
+    inlines = [*UserAdmin.inlines, EnqueueLimitsInline]
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), UserWithLimitsAdmin)

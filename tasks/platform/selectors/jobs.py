@@ -1,0 +1,43 @@
+"""Reading the job ledger on a caller's behalf: users see their own jobs, staff in scope see all."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+
+from tasks.platform.models import Job
+from tasks.platform.models.jobs import ACTIVE_STATES
+from tasks.platform.permissions import has_staff_scope
+
+
+def jobs_visible_to(user) -> QuerySet[Job]:
+    """Every job ``user`` may see: all in their staff scope (tasks.platform.permissions), their own otherwise."""
+    if has_staff_scope(user, "job"):
+        return Job.objects.all()
+    return Job.objects.filter(owner=user)
+
+
+def jobs_active_count(*, owner, up_to: int) -> int:
+    """How many of ``owner``'s jobs are not finished, counted up to ``up_to`` (the job_owner_active
+    index holds just those rows; its condition is repeated here so the database can use it)."""
+    active = Job.objects.filter(owner=owner, owner__isnull=False, state__in=ACTIVE_STATES).order_by()
+    return active[:up_to].count()
+
+
+def job_get_visible(*, user, job_id: UUID) -> Job:
+    """The job, or Http404 when it does not exist or ``user`` may not see it (the same answer)."""
+    return get_object_or_404(jobs_visible_to(user), pk=job_id)
+
+
+def job_list(*, user, state: str | None = None, task: str | None = None, queue: str | None = None) -> QuerySet[Job]:
+    """The jobs ``user`` may see, filtered, newest first (id breaks ties so pages are stable)."""
+    jobs = jobs_visible_to(user)
+    if state is not None:
+        jobs = jobs.filter(state=state)
+    if task is not None:
+        jobs = jobs.filter(task_name=task)
+    if queue is not None:
+        jobs = jobs.filter(queue=queue)
+    return jobs.order_by("-created_at", "-id")

@@ -1,0 +1,19 @@
+"""The relay: publishes what enqueue could not, and delayed jobs and retries when they fall due.
+
+It is the only safety net of the engine's publish (tasks.platform.engine.orm): every pending job whose
+publish is unclaimed or whose claim expired, and every delayed job or retry that fell due, is
+claimed (``SKIP LOCKED``, so two relays never take the same job) and published.
+"""
+
+from __future__ import annotations
+
+from tasks.platform.engine import engine
+
+#: jobs claimed and published per pass (one Redis pipeline)
+RELAY_BATCH = 500
+
+
+def jobs_relay(*, limit: int = RELAY_BATCH) -> int:
+    """Publish due, unpublished jobs; returns how many were published."""
+    jobs = engine().claim_due(limit=limit)
+    return len(jobs) if jobs and engine().publish(jobs) else 0

@@ -1,0 +1,59 @@
+"""Worker signal handlers: database connections kept across tasks, and a message the worker
+refuses marks its ledger row dead.
+
+The refusal handlers run in the worker's main process (the consumer), where Celery rejects or
+acknowledges such a message without running it; without them the job would sit ``queued`` in the
+ledger forever.
+
+A body the worker cannot decode has no signal: ``tasks.platform.worker.LedgerConsumer`` calls ``mark_dead``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import task_postrun, task_prerun, task_rejected, task_unknown
+from django.db import DatabaseError, close_old_connections
+
+from tasks.platform.engine import engine
+
+logger = logging.getLogger(__name__)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def reuse_database_connection(**_: Any) -> None:
+    """Keep the connection across tasks unless it is broken or past CONN_MAX_AGE (see celeryconfig)."""
+    close_old_connections()
+
+
+@task_unknown.connect
+def job_dead_on_unknown_task(
+    sender: Any = None, message: Any = None, exc: Any = None, name: str = "", id: str = "", **_: Any
+) -> None:
+    mark_dead(id, f"undeliverable: unknown task {name!r} (no worker has it registered); the message was dropped")
+
+
+@task_rejected.connect
+def job_dead_on_rejected_message(
+    sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any
+) -> None:
+    headers = getattr(message, "headers", None) or {}
+    job_id = headers.get("id") if isinstance(headers, dict) else None
+    if not job_id:
+        return  # protocol 1 or a foreign message: nothing names a job
+    problem = f"{type(exc).__name__}: {exc}" if exc is not None else "not a task message"
+    content_type = getattr(message, "content_type", "") or ""
+    mark_dead(str(job_id), f"undeliverable: message refused ({content_type}): {problem}; the message was dropped")
+
+
+def mark_dead(job_id: str, reason: str) -> None:
+    # The worker's main process has no request cycle to drop a connection the server closed.
+    close_old_connections()
+    try:
+        if engine().mark_undeliverable(job_id=job_id, reason=reason):
+            logger.error("job %s is dead: %s", job_id, reason)
+    except DatabaseError:
+        # The message is already gone; the row stays as it was and the log says why.
+        logger.exception("could not mark job %s dead (%s)", job_id, reason)

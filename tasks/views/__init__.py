@@ -1,1 +1,0 @@
-"""HTML and plain-HTTP views, one module per concern; each has its ``urlpatterns``."""

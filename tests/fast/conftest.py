@@ -1,0 +1,183 @@
+"""Fixtures and helpers of the fast tier: each engine implementation, jobs as the enqueue service
+builds them, and reads of what a transition wrote (rows, attempts, actions, messages)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.utils import timezone
+
+from tasks.models import Job, JobAction, JobAttempt
+from tasks.platform.engine import Attempt, job_finished
+from tasks.platform.engine.orm import OrmEngine
+from tasks.platform.engine.postgres import PostgresEngine
+from tasks.platform.services.jobs import job_enqueue
+
+#: the hostname a worker would report
+WORKER = "fast@test"
+
+
+@pytest.fixture(params=["orm", "postgres"])
+def engine(request: pytest.FixtureRequest) -> OrmEngine:
+    """Each implementation: the reference ORM engine on any database, the PostgreSQL one on PostgreSQL.
+    Transitions are called on this instance; the enqueue service used to build jobs calls ``engine()``."""
+    if request.param == "orm":
+        return OrmEngine()
+    if connection.vendor != "postgresql":
+        pytest.skip("the PostgreSQL engine needs PostgreSQL (DATABASE_URL=postgres://...)")
+    return PostgresEngine()
+
+
+@pytest.fixture
+def user():
+    return get_user_model().objects.create_user("fast-operator")
+
+
+@pytest.fixture
+def finished() -> Iterator[list[tuple[str, str]]]:
+    """(job id, state) of each ``job_finished`` signal sent during the test."""
+    sent: list[tuple[str, str]] = []
+
+    def receiver(sender, *, job_id, state, error, **kwargs) -> None:
+        sent.append((str(job_id), state))
+
+    job_finished.connect(receiver, weak=False, dispatch_uid="fast-tier")
+    yield sent
+    job_finished.disconnect(dispatch_uid="fast-tier")
+
+
+@pytest.fixture
+def dead_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis down for this process's publishes: its producers point at a port nothing listens on."""
+    from kombu import Connection, pools
+
+    from project.celery import app
+    from tests.support.processes import free_port
+
+    dead = Connection(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.5)
+    monkeypatch.setattr(app.amqp, "_producer_pool", pools.producers[dead])
+
+
+# -- building jobs ------------------------------------------------------------------------------
+
+
+def enqueue(task_name: str = "ops.ping", **options) -> Job:
+    """A job through the enqueue service: pending with this process's publish claim (its publish
+    waits for a commit, which never comes in a test that rolls back), or scheduled, or waiting."""
+    return job_enqueue(task_name=task_name, origin="fast", **options)
+
+
+def built(task_name: str = "ops.ping", *, now: datetime | None = None, **fields) -> Job:
+    """An unsaved job as the enqueue service builds one (tasks.platform.services.jobs), for
+    ``engine.insert``; ``fields`` override (an owner, a key, a state the test starts from)."""
+    now = now or timezone.now()
+    values = {
+        "task_name": task_name,
+        "payload": {"hold_seconds": 0},
+        "queue": "default",
+        "priority": 5,
+        "origin": "fast",
+        "state": Job.State.PENDING,
+        "publishing_since": now,
+        "created_at": now,
+        **fields,
+    }
+    job = Job(**values)
+    job.created, job.publish_error = True, ""
+    return job
+
+
+def run(engine: OrmEngine, job: Job, *, worker: str = WORKER, queue: str | None = None, **limits) -> Attempt | None:
+    """``begin_attempt`` as a worker's delivery of the job's message calls it."""
+    return engine.begin_attempt(
+        job_id=str(job.pk),
+        task_name=job.task_name,
+        queue=job.queue if queue is None else queue,
+        worker=worker,
+        payload=job.payload,
+        origin=job.origin,
+        max_attempts=limits.get("max_attempts", settings.TASK_MAX_ATTEMPTS),
+        max_worker_losses=limits.get("max_worker_losses", settings.TASK_MAX_WORKER_LOSSES),
+    )
+
+
+def claim(engine: OrmEngine, jobs: list[Job], *, max_worker_losses: int | None = None) -> dict[str, Attempt]:
+    """``claim_batch`` as a worker's delivery of a batch message calls it."""
+    return engine.claim_batch(
+        job_ids=[str(job.pk) for job in jobs],
+        worker=WORKER,
+        queue="default",
+        max_attempts=settings.TASK_MAX_ATTEMPTS,
+        max_worker_losses=max_worker_losses or settings.TASK_MAX_WORKER_LOSSES,
+    )
+
+
+def fail(engine: OrmEngine, job: Job, attempt: Attempt | None, state: str, *, retry_at=None, error="E: boom") -> None:
+    number = None if attempt is None else attempt.number
+    engine.fail(job_id=str(job.pk), number=number, error=error, traceback="tb", state=state, retry_at=retry_at)
+
+
+# -- reading what a transition wrote ------------------------------------------------------------
+
+
+def row(job: Job) -> Job:
+    return Job.objects.get(pk=job.pk)
+
+
+def attempts(job: Job) -> list[tuple[int, str]]:
+    """(number, outcome) of each attempt of the job."""
+    return list(JobAttempt.objects.filter(job_id=job.pk).order_by("number").values_list("number", "outcome"))
+
+
+def attempt_row(job: Job, number: int) -> JobAttempt:
+    return JobAttempt.objects.get(job_id=job.pk, number=number)
+
+
+def actions(job: Job) -> list[tuple[str, str, str, int | None]]:
+    """(kind, from state, via, by) of each action recorded on the job."""
+    return list(JobAction.objects.filter(job_id=job.pk).order_by("at", "pk").values_list("kind", "from_state", "via", "by"))
+
+
+def sent(broker: redis.Redis) -> list[tuple[str, str]]:
+    """(task name, job id) of each message waiting in Redis (a batch's id is its own)."""
+    messages = []
+    for key in broker.scan_iter():
+        if not key.startswith(b"_kombu") and broker.type(key) == b"list":
+            for raw in broker.lrange(key, 0, -1):
+                headers = json.loads(raw)["headers"]
+                messages.append((headers["task"], headers["id"]))
+    return sorted(messages)
+
+
+def ids(*jobs: Job) -> list[str]:
+    return sorted(str(job.pk) for job in jobs)
+
+
+@dataclass
+class Window:
+    start: datetime
+    end: datetime | None = None
+
+    def __contains__(self, at: datetime | None) -> bool:
+        return at is not None and self.end is not None and self.start <= at <= self.end
+
+
+@contextmanager
+def clock() -> Iterator[Window]:
+    """The time a transition ran in: ``assert row.finished_at in window``."""
+    window = Window(timezone.now())
+    yield window
+    window.end = timezone.now()
+
+
+def ago(seconds: float) -> datetime:
+    return timezone.now() - timedelta(seconds=seconds)
