@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test chromium lint bench fuzz clean
+.PHONY: run test test-fast chromium lint bench fuzz clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ run: $(INSTALLED)
 ## test: the whole suite against real Redis, worker, beat and Flower processes (and headless Chromium)
 test: $(INSTALLED) chromium var/local.env
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-fast: the fast tier, in under a minute: the job engine's contract (tests/fast: every transition
+## of both engine implementations against the test database and Redis, and their races on two
+## connections) and the unit tests; in-process, no worker, beat, web or Flower process (`make test` runs them too)
+test-fast: $(INSTALLED) var/local.env
+	$(PY) -m pytest tests/fast tests/unit $(PYTEST_ARGS)
 
 ## var/local.env: this checkout's local settings, generated secrets and local defaults, read by every
 ## process (project/localconfig.py); written once, never overwritten (`make run` writes it too)

@@ -20,7 +20,7 @@ from tasks.models import Job, JobAction, JobAttempt
 from tasks.platform.engine import Attempt, job_finished
 from tasks.platform.engine.orm import OrmEngine
 from tasks.platform.engine.postgres import PostgresEngine
-from tasks.platform.services.jobs import job_enqueue
+from tasks.platform.services.jobs import JobRequest, job_enqueue, job_enqueue_many
 
 #: the hostname a worker would report
 WORKER = "fast@test"
@@ -39,6 +39,7 @@ def engine(request: pytest.FixtureRequest) -> OrmEngine:
 
 @pytest.fixture
 def user():
+    """Who an operator's action is recorded as (no password: hashing one costs more than a test here)."""
     return get_user_model().objects.create_user("fast-operator")
 
 
@@ -67,6 +68,30 @@ def dead_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app.amqp, "_producer_pool", pools.producers[dead])
 
 
+@pytest.fixture
+def events() -> Iterator:
+    """``watch(job)`` subscribes to a job's live events on the real Redis and returns a function
+    that gives the events published since, as watchers receive them."""
+    from tasks.platform.engine.events import job_channel
+
+    pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub(ignore_subscribe_messages=True)
+
+    def watch(job: Job):
+        pubsub.subscribe(job_channel(job.pk))
+        pubsub.get_message(timeout=1)  # the subscription is confirmed: later events reach it
+
+        def received() -> list[dict]:
+            messages = []
+            while (message := pubsub.get_message(timeout=0.2)) is not None:
+                messages.append(json.loads(message["data"]))
+            return messages
+
+        return received
+
+    yield watch
+    pubsub.close()
+
+
 # -- building jobs ------------------------------------------------------------------------------
 
 
@@ -74,6 +99,11 @@ def enqueue(task_name: str = "ops.ping", **options) -> Job:
     """A job through the enqueue service: pending with this process's publish claim (its publish
     waits for a commit, which never comes in a test that rolls back), or scheduled, or waiting."""
     return job_enqueue(task_name=task_name, origin="fast", **options)
+
+
+def noops(count: int) -> list[Job]:
+    """Jobs of a task whose first attempts travel many to a message (ops.noop), in id order."""
+    return job_enqueue_many(requests=[JobRequest("ops.noop", {}) for _ in range(count)], origin="fast")
 
 
 def built(task_name: str = "ops.ping", *, now: datetime | None = None, **fields) -> Job:
@@ -144,7 +174,9 @@ def attempt_row(job: Job, number: int) -> JobAttempt:
 
 def actions(job: Job) -> list[tuple[str, str, str, int | None]]:
     """(kind, from state, via, by) of each action recorded on the job."""
-    return list(JobAction.objects.filter(job_id=job.pk).order_by("at", "pk").values_list("kind", "from_state", "via", "by"))
+    return list(
+        JobAction.objects.filter(job_id=job.pk).order_by("at", "pk").values_list("kind", "from_state", "via", "by")
+    )
 
 
 def sent(broker: redis.Redis) -> list[tuple[str, str]]:

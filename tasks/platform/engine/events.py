@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -24,10 +25,11 @@ def _client() -> redis.Redis:
 
 
 def job_event_publish(*, job_id: object, kind: str, **data: Any) -> None:
-    """Tell live watchers; the ledger stays the record, so a lost event is only a late update."""
+    """Tell live watchers; the ledger stays the record, so a lost event is only a late update. Values
+    are encoded as the ledger's JSON columns encode them (Decimal, datetime, UUID)."""
     event = {"type": kind, "job": str(job_id), "at": timezone.now().isoformat(), **data}
     try:
-        _client().publish(job_channel(job_id), json.dumps(event))
+        _client().publish(job_channel(job_id), json.dumps(event, cls=DjangoJSONEncoder))
     except redis.RedisError as exc:
         logger.warning("job %s: %s event not published (%s)", job_id, kind, exc)
 
@@ -40,7 +42,10 @@ def job_events_publish(events: list[dict[str, Any]]) -> None:
     pipeline = _client().pipeline(transaction=False)
     for event in events:
         job_id, kind = event.pop("job_id"), event.pop("kind")
-        pipeline.publish(job_channel(job_id), json.dumps({"type": kind, "job": str(job_id), "at": at, **event}))
+        pipeline.publish(
+            job_channel(job_id),
+            json.dumps({"type": kind, "job": str(job_id), "at": at, **event}, cls=DjangoJSONEncoder),
+        )
     try:
         pipeline.execute()
     except redis.RedisError as exc:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
+from functools import partial, reduce
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -295,11 +296,16 @@ class OrmEngine:
         now = timezone.now()
         ids = list(results)
         with transaction.atomic():
-            states = _locked(ids).values_list("pk", "state")
-            succeeded = [str(pk) for pk, state in states if state == Job.State.STARTED]
-            JobAttempt.objects.filter(job_id__in=ids, outcome=JobAttempt.Outcome.RUNNING).update(
-                outcome=JobAttempt.Outcome.SUCCEEDED, finished_at=now, error=""
-            )
+            rows = list(_locked(ids).values_list("pk", "state", "attempts"))
+            # A late report of an attempt that is no longer the job's latest (its worker was lost and
+            # the job started again) changes nothing: the latest attempt decides.
+            current = [str(pk) for pk, state, number in rows if number == attempts[str(pk)].number]
+            succeeded = [str(pk) for pk, state, number in rows if state == Job.State.STARTED and str(pk) in current]
+            if current:
+                JobAttempt.objects.filter(
+                    _any_of(Q(job_id=job_id, number=attempts[job_id].number) for job_id in current),
+                    outcome=JobAttempt.Outcome.RUNNING,
+                ).update(outcome=JobAttempt.Outcome.SUCCEEDED, finished_at=now, error="")
             Job.objects.filter(pk__in=succeeded).update(
                 state=Job.State.SUCCEEDED,
                 result=_results_expression(results),
@@ -329,20 +335,28 @@ class OrmEngine:
         state: str,
         retry_at: datetime | None = None,
     ) -> None:
-        """Close attempt ``number`` (None: whichever is running, its process gone) as failed; a
-        started job becomes ``state``: retrying (published again at ``retry_at`` by the relay),
-        failed or dead (the steps after it cancelled)."""
+        """Close attempt ``number`` (None: the latest, its process gone) as failed; a started job
+        becomes ``state``: retrying (published again at ``retry_at`` by the relay), failed or dead
+        (the steps after it cancelled). A report of an attempt that is not the job's latest changes
+        nothing, and a job cancelled while it ran stays cancelled."""
         now = timezone.now()
         with transaction.atomic():
-            attempts = JobAttempt.objects.filter(job_id=job_id)
-            attempts = attempts.filter(number=number) if number is not None else attempts.filter(outcome="running")
-            attempts.update(outcome=JobAttempt.Outcome.FAILED, finished_at=now, error=error)
+            job = Job.objects.select_for_update().filter(pk=job_id).values("state", "attempts").first()
+            if job is None or (number is not None and number != job["attempts"]):
+                return  # unknown, or a late report of an attempt the job has left behind
+            running = JobAttempt.objects.filter(job_id=job_id, outcome=JobAttempt.Outcome.RUNNING)
+            running.filter(number=job["attempts"]).update(
+                outcome=JobAttempt.Outcome.FAILED, finished_at=now, error=error
+            )
+            if job["state"] != Job.State.STARTED:
+                return  # cancelled while it ran: it stays cancelled
             fields = {"state": state, "error": error, "traceback": traceback}
             if state == Job.State.RETRYING:
                 fields.update(run_at=retry_at, publishing_since=None)
             else:
                 fields["finished_at"] = now
-            if Job.objects.filter(pk=job_id, state=Job.State.STARTED).update(**fields) and state != Job.State.RETRYING:
+            Job.objects.filter(pk=job_id).update(**fields)
+            if state != Job.State.RETRYING:
                 self._stop_following(job_id, state, error)
         job_event_publish(job_id=job_id, kind="state", state=state, error=error)
 
@@ -364,7 +378,7 @@ class OrmEngine:
 
     def mark_undeliverable(self, *, job_id: str, reason: str) -> bool:
         """A worker refused the job's message (unknown task, content it may not accept): a job not
-        finished is dead with ``reason``. Whether it changed."""
+        finished is dead with ``reason``, its running attempt closed. Whether it changed."""
         now = timezone.now()
         with transaction.atomic():
             changed = (
@@ -373,6 +387,9 @@ class OrmEngine:
                 .update(state=Job.State.DEAD, error=reason, finished_at=now, publishing_since=None)
             )
             if changed:
+                JobAttempt.objects.filter(job_id=job_id, outcome=JobAttempt.Outcome.RUNNING).update(
+                    outcome=JobAttempt.Outcome.FAILED, finished_at=now, error=reason
+                )
                 self._stop_following(job_id, Job.State.DEAD, reason)
         if changed:
             job_event_publish(job_id=job_id, kind="state", state=Job.State.DEAD, error=reason)
@@ -382,14 +399,16 @@ class OrmEngine:
 
     def retry(self, *, job_id, by=None, via: str) -> Job:
         """A failed, dead or cancelled job runs again: same arguments and key, a fresh attempt
-        budget, recorded as who retried it. A workflow step whose earlier step has not succeeded
-        waits for it again instead; the steps its failure cancelled wait for it again."""
+        budget, recorded as who retried it. A workflow step whose earlier step has not succeeded, or
+        a group's callback whose members have not all succeeded, waits for them again instead; the
+        steps its failure cancelled wait for it again."""
         with transaction.atomic():
             job = Job.objects.select_for_update().get(pk=job_id)
             if job.state not in RETRYABLE_STATES:
                 raise ActionRefused(f"a {job.state} job cannot be retried; only failed, dead or cancelled ones")
             JobAction.objects.create(job=job, kind=JobAction.Kind.RETRIED, by=by, via=via, from_state=job.state)
-            waits = job.after_id is not None and job.after.state != Job.State.SUCCEEDED
+            # A chain's step waits for the step before it, a group's callback for its members.
+            waits = job.waiting_for > 0 or (job.after_id is not None and job.after.state != Job.State.SUCCEEDED)
             job.state = Job.State.WAITING if waits else Job.State.PENDING
             job.attempts_before_retry = job.attempts
             job.error = job.traceback = job.progress_message = ""
@@ -451,6 +470,10 @@ class OrmEngine:
             transaction.on_commit(
                 partial(job_event_publish, job_id=step_id, kind="state", state=Job.State.CANCELLED, error=reason)
             )
+
+
+def _any_of(conditions: Iterable[Q]) -> Q:
+    return reduce(operator.or_, conditions)
 
 
 def _results_expression(results: dict[str, Any]) -> Any:

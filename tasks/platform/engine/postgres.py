@@ -44,11 +44,11 @@ SELECT attempts, attempts_before_retry, max_attempts, then_id, has_next FROM sta
 _SUCCEEDED = f"""
 WITH closed AS (
     UPDATE {_ATTEMPT} SET outcome = %(succeeded)s, finished_at = %(now)s, error = ''
-    WHERE job_id = %(id)s AND outcome = %(running)s
+    WHERE job_id = %(id)s AND number = %(number)s AND outcome = %(running)s
 )
 UPDATE {_JOB} SET state = %(succeeded)s, result = %(result)s, progress = 100, error = '', traceback = '',
     finished_at = %(now)s
-WHERE id = %(id)s AND state = %(started)s
+WHERE id = %(id)s AND state = %(started)s AND attempts = %(number)s
 """  # noqa: S608 - table names from the models, every value a parameter
 
 
@@ -66,6 +66,7 @@ class PostgresEngine(OrmEngine):
             super()._insert_rows(jobs)
             return
         fields = _fields()
+        # Private API (Django): cursor.copy() passes through Django's cursor wrapper with its errors unwrapped.
         with connection.wrap_database_errors, connection.cursor() as cursor, cursor.copy(_copy_statement()) as copy:
             for job in jobs:
                 copy.write_row([encode(getattr(job, attname)) for attname, encode in fields])
@@ -103,6 +104,7 @@ class PostgresEngine(OrmEngine):
                 _SUCCEEDED,
                 {
                     "id": job_id,
+                    "number": attempt.number,
                     "now": timezone.now(),
                     "result": Job._meta.get_field("result").get_db_prep_save(result, connection),
                     "succeeded": Job.State.SUCCEEDED,
@@ -117,6 +119,7 @@ class PostgresEngine(OrmEngine):
 
 @cache
 def _copy_statement() -> str:
+    # Private API (Django): quote_name is the backend's own quoting; Django documents no public one.
     columns = ", ".join(connection.ops.quote_name(field.column) for field in Job._meta.concrete_fields)
     return f"COPY {connection.ops.quote_name(_JOB)} ({columns}) FROM STDIN"
 
