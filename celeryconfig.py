@@ -93,6 +93,7 @@ task_ignore_result = True
 # Celery's Django fixup closes the database connections after every task unless told otherwise: a
 # new PostgreSQL connection (a handshake and a server process) per job. Never close them here;
 # tasks.platform.signals closes them as Django does per request: when broken or older than CONN_MAX_AGE.
+# Private API (Celery): the Django fixup's CELERY_DB_REUSE_MAX is undocumented; no setting stops its closing.
 CELERY_DB_REUSE_MAX = 2**31
 
 # A message the worker cannot decode marks its job dead in the ledger (Celery only logs it).

@@ -178,6 +178,7 @@ def ledger_clear() -> None:
 
     tables = [model._meta.db_table for model in (JobAttempt, JobAction, Job)]
     # TRUNCATE ... CASCADE on PostgreSQL (rows that point at jobs go too), DELETE on SQLite.
+    # Private API (Django): flush's per-table SQL is only in the backend's operations; the command empties every table.
     statements = connection.ops.sql_flush(no_style(), tables, allow_cascade=True)
     connection.ops.execute_sql_flush(statements)
 

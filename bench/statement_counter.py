@@ -47,6 +47,7 @@ def install(counter_url: str) -> None:
 
 def _count_on(sender: Any, connection: Any, **_: Any) -> None:
     # The wrapper outlives its connections: add the counter once.
+    # Private API (Django): only the execute_wrapper() context manager is documented, not a wrapper for good.
     if _count not in connection.execute_wrappers:
         connection.execute_wrappers.append(_count)
 

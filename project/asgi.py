@@ -28,9 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, sync_to_async
+
+# Private API (Django): only get_asgi_application() is documented, and it runs django.setup() again.
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
-from django.urls import Resolver404, get_resolver
+from django.urls import Resolver404, get_resolver, resolve
 
 from tasks.platform.middleware import BodyLimit
 
@@ -43,8 +45,10 @@ WARM_UP_REQUESTS = 100
 class SyncChainHandler(ASGIHandler):
     """Django's ASGI handler with the middleware chain built in sync mode, called in one hop."""
 
+    # Private API (Django): no setting builds the ASGI handler's middleware chain in sync mode.
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
+        # Private API (Django): the built chain is reachable only as the handler's _middleware_chain.
         self._middleware_chain = sync_to_async(self._middleware_chain, thread_sensitive=True)
 
 
@@ -66,14 +70,14 @@ class PlatformApplication:
             await self._async_views(scope, receive, send)  # Django refuses it (lifespan)
         elif _is_async_view(scope):
             async with ThreadSensitiveContext(executor=self._async_views_thread):
-                await self._async_views.handle(scope, receive, send)
+                await self._async_views(scope, receive, send)
         elif not self._idle_threads:
             await _handle_on_own_thread(self._sync_views, scope, receive, send)
         else:
             thread = self._idle_threads.pop()
             try:
                 async with ThreadSensitiveContext(executor=thread):
-                    await self._sync_views.handle(scope, receive, send)
+                    await self._sync_views(scope, receive, send)
             finally:
                 self._idle_threads.append(thread)
             self._warm_up_left -= 1
@@ -84,7 +88,7 @@ class PlatformApplication:
 async def _handle_on_own_thread(handler: ASGIHandler, scope, receive, send) -> None:
     async with ThreadSensitiveContext():
         try:
-            await handler.handle(scope, receive, send)
+            await handler(scope, receive, send)
         finally:
             # The thread ends with the request: its connection must not outlive it.
             await sync_to_async(connections.close_all)()
@@ -93,7 +97,7 @@ async def _handle_on_own_thread(handler: ASGIHandler, scope, receive, send) -> N
 def _is_async_view(scope) -> bool:
     path_info = scope["path"].removeprefix(scope.get("root_path", ""))
     try:
-        return iscoroutinefunction(get_resolver().resolve(path_info).func)
+        return iscoroutinefunction(resolve(path_info).func)
     except Resolver404:
         return False
 
@@ -111,5 +115,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django.setup(set_prefix=False)
 application = BodyLimit(PlatformApplication())
 # Every view, the API and its schemas imported now, not by the first request: they are frozen below.
+# Private API (Django): nothing documented loads the URLconf without resolving a path.
 get_resolver().url_patterns  # noqa: B018 - the property loads the URLconf
 _freeze_long_lived_objects()

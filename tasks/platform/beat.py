@@ -109,6 +109,7 @@ class LedgerEntry(ModelEntry):
         if self.schedule is not None:
             self.schedule.nowfun = beat_now
 
+    # Private API (django-celery-beat): ModelEntry reads its clock only through _default_now.
     def _default_now(self) -> datetime.datetime:
         return beat_now().astimezone(self.app.timezone)
 
@@ -119,6 +120,7 @@ class LeaderScheduler(DatabaseScheduler):
     Entry = LedgerEntry
     # Runs are published by the ledger (job_enqueue): beat needs no producer of its own, and
     # building one would block a tick while the broker is down.
+    # Private API (Celery): Scheduler.tick hands apply_async its producer; no setting turns it off.
     producer = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -191,12 +193,14 @@ class LeaderScheduler(DatabaseScheduler):
         """Read every schedule afresh (last_run_at as the previous leader left it)."""
         try:
             close_old_connections()
+            # Private API (django-celery-beat, Celery): no method rereads every schedule and resets this state.
             self._dirty.clear()
             self._schedule = self.all_as_schedule()
             self._last_timestamp = self.Changes.last_change()
         except (DatabaseError, InterfaceError) as exc:
             logger.warning("beat: cannot read the schedules (%s); trying again", exc)
             return False
+        # Private API (django-celery-beat, Celery): the same state, marked read now and its heap rebuilt next tick.
         self._initial_read = False
         self._last_full_sync = datetime.datetime.now()
         self._heap = None
@@ -213,11 +217,13 @@ class LeaderScheduler(DatabaseScheduler):
 
     # --- dispatch ---------------------------------------------------------------------------
 
+    # Private API (django-celery-beat): no hook replaces DatabaseScheduler's in-memory advance of a due entry.
     def reserve(self, entry: LedgerEntry) -> LedgerEntry:
         # The run is recorded when it is dispatched (apply_async), in the job's transaction: no
         # in-memory advance for a later sync() to write over what another beat committed.
         return entry
 
+    # Private API (Celery): no hook replaces how the scheduler sends a due entry.
     def apply_async(self, entry: LedgerEntry, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
         if not self._lead():
             logger.warning("schedule %r not dispatched: this beat is no longer the leader", entry.name)
@@ -232,17 +238,21 @@ class LeaderScheduler(DatabaseScheduler):
             logger.warning("schedule %r not dispatched, the database failed (%s); retrying", entry.name, exc)
             close_old_connections()
             self._retry_at = time.monotonic() + self.max_interval
+            # Private API (Celery): only _heap = None makes the next tick rebuild the heap of due entries.
             self._heap = None
             return None
         if dispatch.outcome == Outcome.GONE:
+            # Private API (django-celery-beat): the schedule property rereads the database; _schedule does not.
             self._schedule.pop(entry.name, None)
         elif dispatch.last_run_at is not None:
             entry.last_run_at = entry.model.last_run_at = dispatch.last_run_at
             entry.total_run_count = entry.model.total_run_count = dispatch.total_run_count
         # The next check of every entry follows from the recorded run, not from Celery's guess.
+        # Private API (Celery): only _heap = None makes the next tick rebuild the heap of due entries.
         self._heap = None
         return dispatch.job
 
+    # Private API (django-celery-beat): only result_expires leaves out backend_cleanup, and it reads the schedule.
     def install_default_entries(self, data: Any) -> None:
         # No celery.backend_cleanup schedule: there is no result backend (the ledger keeps results
         # and prunes them on its own schedule).

@@ -12,12 +12,14 @@ them (Flower's broker view, the workers' banner) stay as they are.
 
 from __future__ import annotations
 
+# Private API (kombu): no documented registry maps a URL scheme to a transport class.
 from kombu.transport import TRANSPORT_ALIASES, redis
 
 
 class Channel(redis.Channel):
     _sync_client = None
 
+    # Private API (kombu): the channel makes its Redis clients only in _create_client; nothing public reuses one.
     def _create_client(self, asynchronous=False):
         if asynchronous:
             return super()._create_client(asynchronous=True)

@@ -14,9 +14,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ClassVar
 
-from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Task, shared_task
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
@@ -124,6 +123,7 @@ class LedgerTask(Task):
             )
 
     def _origin(self) -> str:
+        # Private API (django-celery-beat): only its undocumented periodic_task_name header names a run's schedule.
         periodic = getattr(self.request, "periodic_task_name", None)
         return schedule_origins(periodic)[0] if periodic else ""
 

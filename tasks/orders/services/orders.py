@@ -117,7 +117,7 @@ def order_place(*, customer, lines: Sequence[OrderLine], payment_token: str, ema
         order.save(update_fields=["total"])
         payload = {"order_id": str(order.pk)}
         jobs = job_enqueue_chain(
-            steps=[JobRequest(task, payload, queue=QueueName.CRITICAL) for _, task in WORKFLOW],
+            steps=[JobRequest(task_name=task, payload=payload, queue=QueueName.CRITICAL) for _, task in WORKFLOW],
             owner=customer,
             origin=f"order:{order.pk}",
         )

@@ -14,6 +14,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+
+# Private API (Django): admin's unquote of an object id in its URLs has no documented counterpart.
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, F, Value, When
@@ -242,6 +244,7 @@ class ScheduleAdmin(PeriodicTaskAdmin):
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).select_related("platform_options")
 
+    # Private API (Django): no documented hook sees the page's rows (the ChangeList's result_list).
     def get_changelist_instance(self, request: HttpRequest):
         changelist = super().get_changelist_instance(request)
         # The page's latest runs in two queries, not two per schedule.
@@ -357,6 +360,7 @@ class ScheduleAdmin(PeriodicTaskAdmin):
             self.message_user(request, "Not run: " + "; ".join(refused), messages.ERROR)
 
     # django-celery-beat's own actions declare no permission: a view-only user would be offered them.
+    # Private API (django-celery-beat): its admin actions are undocumented; wrapping them keeps their messages.
     @admin.action(description="Enable the selected schedules", permissions=["change"])
     def enable_tasks(self, request: HttpRequest, queryset) -> None:
         super().enable_tasks(request, queryset)
@@ -369,6 +373,7 @@ class ScheduleAdmin(PeriodicTaskAdmin):
     def toggle_tasks(self, request: HttpRequest, queryset) -> None:
         super().toggle_tasks(request, queryset)
 
+    # Private API (django-celery-beat): toggle_tasks updates the rows only through _toggle_tasks_activity.
     def _toggle_tasks_activity(self, queryset) -> int:
         # As a disable by form or action does, forget the last run of a schedule being disabled, so
         # that enabling it again counts from then instead of catching up on the time it was off.

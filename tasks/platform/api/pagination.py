@@ -40,7 +40,7 @@ class ListPagination(PaginationBase):
         offset = (pagination.page - 1) * pagination.page_size
         return {
             self.items_attribute: queryset[offset : offset + pagination.page_size],
-            "count": self._items_count(queryset),
+            "count": queryset.count(),
         }
 
 

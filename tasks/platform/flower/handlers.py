@@ -27,6 +27,8 @@ from urllib.parse import urlencode
 
 from django.db import close_old_connections
 from django.utils import timezone
+
+# Private API (Flower): Flower documents no Python API; its handlers are subclassed for its auth, XSRF check, read-only.
 from flower.api import BaseApiHandler
 from flower.views import BaseHandler
 from flower.views.monitor import Metrics
@@ -100,6 +102,7 @@ class PlatformHandlerMixin:
             return "?"
 
     def refuse_if_read_only(self) -> None:
+        # Private API (Flower): its application's options are the only record of its read-only mode.
         if self.application.options.read_only:
             raise web.HTTPError(403, "read only mode is enabled")
 
@@ -114,6 +117,7 @@ class JsonApiHandler(PlatformHandlerMixin, BaseApiHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = (kwargs.get("exc_info") or (None, None, None))[1]
+        # Private API (tornado): send_error's reason phrase is stored only in _reason; no getter exists.
         detail = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
         codes = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
         if status_code == 401:
@@ -236,6 +240,7 @@ class TaskLedgerApi(JsonApiHandler):
         self.answer(200, {**view, "url": self.reverse_url("task", view["task_id"])})
 
 
+# Private API (Flower): its task page renders "task.html" from get(); nothing public adds to that page.
 class PlatformTaskView(TaskView):
     """Flower's task page, rendered through a template that extends Flower's with the ledger panel."""
 
@@ -329,6 +334,7 @@ class DeadLettersView(PlatformHandlerMixin, BaseHandler):
             letters=letters,
             total=total,
             notice=self._notice(),
+            # Private API (Flower): its application's options are the only record of its read-only mode.
             read_only=self.application.options.read_only,
         )
 
@@ -367,6 +373,7 @@ class DeadLettersView(PlatformHandlerMixin, BaseHandler):
         return notice
 
 
+# Private API (Flower): its /metrics handler is subclassed; nothing public runs code before a scrape.
 class PlatformMetrics(Metrics):
     """Flower's /metrics, with the ledger and queue gauges read (off the event loop) just before.
 

@@ -46,6 +46,7 @@ class LayeredLoader(BaseLoader):
     def resolve_path(self, name: str, parent_path: str | None = None) -> str:
         return name  # flat names, as Flower's templates use them
 
+    # Private API (tornado): BaseLoader.load() creates templates only through _create_template.
     def _create_template(self, name: str) -> Template:
         if name.startswith(FLOWER_PREFIX):
             path = self.flower_directory / name.removeprefix(FLOWER_PREFIX)
@@ -66,6 +67,7 @@ class PlatformNavbar(UIModule):
 
 
 def _flower_app_class():
+    # Private API (Flower): Flower documents no Python API; its Tornado application is subclassed to add handlers.
     from flower.app import Flower, rewrite_handler
 
     from tasks.platform.flower.handlers import platform_handlers
@@ -91,6 +93,8 @@ def _configuration_error(message: str) -> SystemExit:
 
 def _parse_options(argv: list[str]):
     from django.conf import settings
+
+    # Private API (Flower): `celery flower` reads its options with these functions; nothing public does.
     from flower import command
     from tornado.options import options
 
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     django.setup()  # the ORM, for the ledger: handlers run it in Flower's thread pool
 
+    # Private API (Flower): `celery flower` starts Flower with these; Flower documents no Python API.
     from flower import command
     from flower.urls import settings
 

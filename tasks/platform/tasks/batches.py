@@ -14,8 +14,8 @@ import time
 import traceback
 from typing import Any
 
-from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError
 
@@ -77,6 +77,7 @@ def _run_claimed(job_task: LedgerTask, jobs: list[list], attempts: dict[str, Att
         attempt = attempts.get(job_id)
         if attempt is None:
             continue  # cancelled or finished before the batch reached it
+        # Private API (Celery): push_request/pop_request are the only way to run a task's body under a request.
         job_task.push_request(
             id=job_id, hostname=request.hostname, delivery_info=request.delivery_info, attempt=attempt.number
         )
