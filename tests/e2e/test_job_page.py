@@ -15,7 +15,7 @@ from playwright.sync_api import Page
 
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
-from tests.conftest import HOSTNAME
+from tests.fixtures import HOSTNAME
 from tests.support.browser import browser_page
 from tests.support.browser import log_in_to as log_in
 

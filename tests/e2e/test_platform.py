@@ -12,7 +12,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tasks.models import ApiToken, Job
 from tasks.platform.queues import QueueName
-from tests.conftest import HOSTNAME, create_operator
+from tests.fixtures import HOSTNAME, create_operator
 from tests.support.processes import ManagedProcess, free_port, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

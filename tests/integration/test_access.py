@@ -31,7 +31,7 @@ from tornado.web import RequestHandler
 from tasks.api import api
 from tasks.models import ApiToken, Job, Order, Product, Report, WebhookEndpoint
 from tasks.platform.models.tokens import token_digest
-from tests.conftest import bearer, create_operator, grant
+from tests.fixtures import bearer, create_operator, grant
 from tests.support.flower import FLOWER_AUTH, launch_flower
 
 # Non-transactional: enqueues never publish (their on-commit never comes), so nothing runs.

@@ -16,7 +16,7 @@ from tasks.models import ApiToken, EnqueueLimits, Job, Order, Product, WebhookDe
 from tasks.platform.models.jobs import ACTIVE_STATES
 from tasks.platform.queues import QueueName
 from tasks.platform.registry import PUBLIC_TASKS
-from tests.conftest import bearer, create_operator, grant
+from tests.fixtures import bearer, create_operator, grant
 
 pytestmark = pytest.mark.django_db
 

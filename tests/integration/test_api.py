@@ -15,7 +15,7 @@ from tasks.models import ApiToken, Job
 from tasks.platform.queues import QueueName
 from tasks.platform.services.beat import schedule_run_key
 from tasks.platform.services.jobs import job_enqueue
-from tests.conftest import bearer, create_operator, grant
+from tests.fixtures import bearer, create_operator, grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

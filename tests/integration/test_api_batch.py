@@ -7,7 +7,7 @@ import requests
 
 from tasks.models import ApiToken, Job
 from tasks.platform.queues import QueueName
-from tests.conftest import bearer, create_operator
+from tests.fixtures import bearer, create_operator
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)

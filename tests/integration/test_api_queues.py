@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from tasks.models import Job
 from tasks.platform.selectors.queues import queue_ledger_counts
-from tests.conftest import bearer, create_operator, grant
+from tests.fixtures import bearer, create_operator, grant
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)

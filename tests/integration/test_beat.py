@@ -20,7 +20,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from tasks.models import Job, MissedRunPolicy, ScheduleOptions
 from tasks.platform.beat import LEASE_KEY
-from tests.conftest import HOSTNAME
+from tests.fixtures import HOSTNAME
 from tests.support.processes import BIN_DIR, ManagedProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -23,7 +23,7 @@ from tasks.models import Job, JobAction
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
 from tasks.platform.services.recovery import job_cancel, job_retry
-from tests.conftest import HOSTNAME, bearer, wait_for_worker, worker_argv
+from tests.fixtures import HOSTNAME, bearer, wait_for_worker, worker_argv
 from tests.support.flower import FLOWER_AUTH, launch_flower
 from tests.support.processes import ManagedProcess, wait_until
 

@@ -22,7 +22,7 @@ from tasks.platform.engine.events import job_channel
 from tasks.platform.live import QUIET_SECONDS, REDIS_RETRY_SECONDS, REDIS_TIMEOUT_SECONDS, JobWatch
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
-from tests.conftest import HOSTNAME, grant
+from tests.fixtures import HOSTNAME, grant
 from tests.support.processes import free_port, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasks.models import Job, JobAction
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
-from tests.conftest import HOSTNAME
+from tests.fixtures import HOSTNAME
 from tests.support.flower import FLOWER_AUTH, launch_flower, wait_for_flower_state
 from tests.support.processes import ManagedProcess, wait_until
 

@@ -20,7 +20,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client
 from hypothesis import HealthCheck, settings
 
-from tests.conftest import bearer
+from tests.fixtures import bearer
 from tests.fuzz_live import api_schema, make_fuzz_user
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -19,7 +19,7 @@ import requests
 import schemathesis
 
 from tasks.platform.api.pagination import MAX_PAGE, MAX_PAGE_SIZE
-from tests.conftest import bearer, launch_web
+from tests.fixtures import bearer, launch_web
 from tests.fuzz_live import api_schema, make_fuzz_user
 from tests.integration.test_fuzz_api import HYPOTHESIS
 

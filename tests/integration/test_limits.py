@@ -19,7 +19,7 @@ from tasks.models import Job, Order, Product, Report
 from tasks.platform import ratelimit
 from tasks.platform.api.jobs import BATCH_MAX_JOBS
 from tasks.platform.services.jobs import PayloadTooLarge, job_enqueue, job_payload_validate
-from tests.conftest import bearer, create_operator, grant
+from tests.fixtures import bearer, create_operator, grant
 from tests.support.processes import BASE_DIR, BIN_DIR, free_port
 
 # Non-transactional: enqueues never publish (their on-commit never comes), so nothing runs.

@@ -11,7 +11,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from tasks.models import ApiToken, Job
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
-from tests.conftest import create_operator
+from tests.fixtures import create_operator
 from tests.support.processes import BIN_DIR, ManagedProcess, wait_until
 from tests.support.tcp_proxy import TcpProxy
 

@@ -4,7 +4,7 @@ import pytest
 import requests
 
 from tasks.models import ApiToken, Job
-from tests.conftest import create_operator
+from tests.fixtures import create_operator
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)

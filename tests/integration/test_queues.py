@@ -5,7 +5,7 @@ import pytest
 from tasks.models import Job
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
-from tests.conftest import HOSTNAME
+from tests.fixtures import HOSTNAME
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,7 @@ from tasks.platform.engine import engine
 from tasks.platform.engine.orm import PUBLISH_CLAIM
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import JobRequest, job_enqueue, job_enqueue_many
-from tests.conftest import create_operator
+from tests.fixtures import create_operator
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -22,7 +22,7 @@ from tasks.platform.services.jobs import job_enqueue
 from tasks.platform.services.retention import jobs_prune_finished
 from tasks.platform.services.schedules import REPORT_RETENTION_SCHEDULE, RETENTION_SCHEDULE
 from tasks.reports.retention import reports_prune
-from tests.conftest import bearer
+from tests.fixtures import bearer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -21,7 +21,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from tasks.platform.registry import LEDGER_TASKS, PUBLIC_TASKS
 from tasks.platform.services.jobs import InvalidPayload, job_payload_validate
-from tests.conftest import bearer
+from tests.fixtures import bearer
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "200"))
 PROPERTIES = hypothesis_settings(

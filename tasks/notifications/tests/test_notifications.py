@@ -18,8 +18,9 @@ from django.test import Client
 from django.urls import reverse
 
 from tasks.accounts.services import user_register
-from tasks.models import Job, JobAction, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from tasks.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tasks.notifications.services import webhook_event_dispatch
+from tasks.platform.models import Job, JobAction
 from tasks.platform.queues import QueueName
 from tasks.platform.services.recovery import job_retry
 from tests.support.http_receiver import Answer, HttpReceiver

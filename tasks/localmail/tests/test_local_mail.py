@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from tasks.models import Order
+from tasks.orders.models import Order
 
 pytestmark = pytest.mark.django_db
 

@@ -19,11 +19,13 @@ from django.core.exceptions import ValidationError
 from django.test import Client
 from pypdf import PdfReader
 
-from tasks.models import ApiToken, Job, Order, OrderItem, Product, Report
+from tasks.orders.models import Order, OrderItem, Product
+from tasks.platform.models import ApiToken, Job
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
+from tasks.reports.models import Report
 from tasks.reports.services import BUILD_SALES_TASK, ReportRequestInvalid, report_build, report_request
-from tests.conftest import grant
+from tests.fixtures import grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

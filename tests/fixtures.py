@@ -1,4 +1,5 @@
-"""Fixtures that start the platform's real processes against the test database and Redis."""
+"""Fixtures that start the platform's real processes against the test database and Redis, for every
+test: those under tests/ and each domain's own under tasks/<domain>/tests/ (conftest.py loads them)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import redis
 from celery import Celery
 from django.conf import settings
 
+from tests.support.browser import CHROMIUM
 from tests.support.processes import BASE_DIR, BIN_DIR, ManagedProcess, wait_until
 
 HOSTNAME = socket.gethostname()
@@ -226,3 +228,14 @@ def smtp_server() -> Iterator:
     server, controller = start_smtp_server()
     yield server
     controller.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's chromium. Install it with `make chromium` "
+            "(as root), or: sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium",
+            pytrace=False,
+        )
+    return str(CHROMIUM)

@@ -19,8 +19,10 @@ import requests
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 
-from tasks.models import ApiToken, Job, JobAttempt, Order, Product, WebhookEndpoint
+from tasks.notifications.models import WebhookEndpoint
+from tasks.orders.models import Order, Product
 from tasks.orders.services.orders import order_reserve_inventory
+from tasks.platform.models import ApiToken, Job, JobAttempt
 from tests.support.http_receiver import HttpReceiver
 from tests.support.processes import free_port, wait_until
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 
-from tasks.models import Order, Product
+from tasks.orders.models import Order, Product
 from tests.support.browser import browser_page, log_in_to
 
 pytestmark = pytest.mark.django_db(transaction=True)

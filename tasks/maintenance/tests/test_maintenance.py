@@ -13,7 +13,8 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 
 from project.celery import app
 from tasks.maintenance.services import orders_alert_stuck_pending, orders_prune_cancelled
-from tasks.models import Job, OpsAlert, Order, OrderItem, OrderStep, Product
+from tasks.orders.models import OpsAlert, Order, OrderItem, OrderStep, Product
+from tasks.platform.models import Job
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
 from tasks.platform.services.schedules import (
