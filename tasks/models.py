@@ -3,7 +3,16 @@ domain's. Code imports a model from its own package; this index is for Django, t
 
 from tasks.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tasks.orders.models import OpsAlert, Order, OrderItem, OrderStep, Product
-from tasks.platform.models import ApiToken, EnqueueLimits, Job, JobAction, JobAttempt, MissedRunPolicy, ScheduleOptions
+from tasks.platform.models import (
+    ApiToken,
+    EnqueueLimits,
+    Job,
+    JobAction,
+    JobAttempt,
+    JobOutbox,
+    MissedRunPolicy,
+    ScheduleOptions,
+)
 from tasks.reports.models import Report
 
 __all__ = [
@@ -12,6 +21,7 @@ __all__ = [
     "Job",
     "JobAction",
     "JobAttempt",
+    "JobOutbox",
     "MissedRunPolicy",
     "OpsAlert",
     "Order",

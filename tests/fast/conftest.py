@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
 
-from tasks.models import Job, JobAction, JobAttempt
+from tasks.models import Job, JobAction, JobAttempt, JobOutbox
 from tasks.platform.engine import Attempt, job_finished
 from tasks.platform.engine.orm import OrmEngine
 from tasks.platform.engine.postgres import PostgresEngine
@@ -96,8 +96,9 @@ def events() -> Iterator:
 
 
 def enqueue(task_name: str = "ops.ping", **options) -> Job:
-    """A job through the enqueue service: pending with this process's publish claim (its publish
-    waits for a commit, which never comes in a test that rolls back), or scheduled, or waiting."""
+    """A job through the enqueue service: queued with its message owed and claimed by this process
+    (its publish waits for a commit, which never comes in a test that rolls back), or scheduled,
+    or waiting."""
     return job_enqueue(task_name=task_name, origin="fast", **options)
 
 
@@ -108,7 +109,7 @@ def noops(count: int) -> list[Job]:
 
 def built(task_name: str = "ops.ping", *, now: datetime | None = None, **fields) -> Job:
     """An unsaved job as the enqueue service builds one (tasks.platform.services.jobs), for
-    ``engine.insert``; ``fields`` override (an owner, a key, a state the test starts from)."""
+    ``engine.insert``: pending, to run now; ``fields`` override (an owner, a key, a state)."""
     now = now or timezone.now()
     values = {
         "task_name": task_name,
@@ -117,7 +118,6 @@ def built(task_name: str = "ops.ping", *, now: datetime | None = None, **fields)
         "priority": 5,
         "origin": "fast",
         "state": Job.State.PENDING,
-        "publishing_since": now,
         "created_at": now,
         **fields,
     }
@@ -161,6 +161,24 @@ def fail(engine: OrmEngine, job: Job, attempt: Attempt | None, state: str, *, re
 
 def row(job: Job) -> Job:
     return Job.objects.get(pk=job.pk)
+
+
+#: what ``claimed`` says of a job whose message is not owed
+NOT_OWED = "not owed"
+
+
+def claimed(job: Job) -> datetime | str | None:
+    """When the job's owed message was claimed (None: free for the relay), or NOT_OWED."""
+    owed = JobOutbox.objects.filter(job_id=job.pk).values_list("claimed_at", flat=True)
+    return owed[0] if owed else NOT_OWED
+
+
+def owe(job: Job, *, claimed_at: datetime | None) -> None:
+    """Make the job's message owed with this claim, as a publisher that failed (None: the job is
+    pending) or died (an old claim) left it."""
+    JobOutbox.objects.update_or_create(job_id=job.pk, defaults={"claimed_at": claimed_at})
+    if claimed_at is None:
+        Job.objects.filter(pk=job.pk).update(state=Job.State.PENDING, queued_at=None)
 
 
 def attempts(job: Job) -> list[tuple[int, str]]:

@@ -6,7 +6,7 @@ from uuid_utils.compat import uuid7
 
 from tasks.models import Job
 from tasks.platform.engine import ActionRefused, Attempt
-from tests.fast.conftest import actions, ago, attempt_row, attempts, clock, enqueue, fail, row, run, sent
+from tests.fast.conftest import actions, ago, attempt_row, attempts, claimed, clock, enqueue, fail, row, run, sent
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +25,7 @@ def test_cancel_of_a_job_not_started(engine, user):
     stored = row(job)
     assert (stored.state, stored.error) == (State.CANCELLED, "cancelled via admin")
     assert stored.finished_at in during
-    assert actions(job) == [("cancelled", State.PENDING, "admin", user.pk)]
+    assert actions(job) == [("cancelled", State.QUEUED, "admin", user.pk)]
 
 
 def test_cancel_of_a_started_job_closes_its_attempt(engine):
@@ -59,13 +59,13 @@ def test_cancel_terminated_records_a_started_job_cancelled(engine):
     stored = row(started)
     assert (stored.state, stored.error) == (State.CANCELLED, "terminated via revoke (not the platform's cancel)")
     assert (attempts(started), actions(started)) == ([(1, "failed")], [("cancelled", State.STARTED, "revoke", None)])
-    assert (row(queued).state, actions(queued)) == (State.PENDING, [])
+    assert (row(queued).state, actions(queued)) == (State.QUEUED, [])
 
 
-@pytest.mark.parametrize("state", [State.PENDING, State.STARTED, State.SUCCEEDED])
+@pytest.mark.parametrize("state", [State.QUEUED, State.STARTED, State.SUCCEEDED])
 def test_retry_of_a_job_neither_failed_dead_nor_cancelled_is_refused(engine, state):
     job = enqueue()
-    if state != State.PENDING:
+    if state != State.QUEUED:
         attempt = run(engine, job)
         if state == State.SUCCEEDED:
             engine.succeed(job_id=str(job.pk), attempt=attempt, result=None)
@@ -84,8 +84,8 @@ def test_retry_runs_a_failed_job_again_with_a_fresh_budget(engine, user, broker,
         with clock() as during:
             retried = engine.retry(job_id=job.pk, by=user, via="api")
         stored = row(job)
-        assert (stored.state, stored.attempts, stored.attempts_before_retry) == (State.PENDING, 2, 2)
-        assert stored.publishing_since in during
+        assert (stored.state, stored.attempts, stored.attempts_before_retry) == (State.QUEUED, 2, 2)
+        assert claimed(job) in during
         assert (stored.error, stored.traceback, stored.result, stored.progress) == ("", "", None, 0)
         assert (stored.finished_at, stored.run_at, stored.discarded_at) == (None, None, None)
         assert sent(broker) == []

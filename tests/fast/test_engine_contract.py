@@ -18,17 +18,20 @@ from tasks.platform.engine import Attempt
 from tasks.platform.engine.orm import PUBLISH_CLAIM
 from tasks.platform.engine.postgres import PostgresEngine
 from tests.fast.conftest import (
+    NOT_OWED,
     WORKER,
     ago,
     attempt_row,
     attempts,
     built,
     claim,
+    claimed,
     clock,
     enqueue,
     fail,
     ids,
     noops,
+    owe,
     row,
     run,
     sent,
@@ -48,21 +51,25 @@ def test_insert_writes_new_jobs_as_built(engine):
     owner = get_user_model().objects.create_user("owner")
     jobs = [  # no key among them: COPY on PostgreSQL
         built(owner=owner, payload={"note": 'naïve ☃ "quoted"\t\\ \n'}, priority=0, max_attempts=7),
-        built(
-            queue="critical", state=State.SCHEDULED, run_at=timezone.now() + timedelta(minutes=5), publishing_since=None
-        ),
+        built(queue="critical", state=State.SCHEDULED, run_at=timezone.now() + timedelta(minutes=5)),
         built("ops.noop", payload={}),
     ]
-    assert engine.insert(jobs) == jobs
+    with clock() as during:
+        assert engine.insert(jobs) == jobs
     for job in jobs:
         assert job.created
         stored = row(job)
         assert {f: getattr(stored, f) for f in FIELDS} == {f: getattr(job, f) for f in FIELDS}
+    now, later, noop = jobs
+    assert (now.state, now.queued_at, claimed(now) in during) == (State.QUEUED, now.created_at, True)
+    assert (later.state, later.queued_at, claimed(later)) == (State.SCHEDULED, None, NOT_OWED)
+    assert claimed(noop) == claimed(now)
 
 
-def test_insert_of_one_job_writes_it(engine):
-    [job] = engine.insert([built()])
-    assert row(job).state == State.PENDING
+def test_insert_of_one_job_writes_it_queued_with_its_message_owed(engine):
+    with clock() as during:
+        [job] = engine.insert([built()])
+    assert (row(job).state, claimed(job) in during) == (State.QUEUED, True)
 
 
 def test_insert_returns_the_owners_earlier_job_where_the_key_is_taken(engine):
@@ -94,21 +101,21 @@ def test_insert_of_a_key_twice_in_one_list_returns_the_first(engine):
     assert ids(*Job.objects.all()) == ids(first, plain)
 
 
-# -- publish, mark_published, claim_due ---------------------------------------------------------
+# -- publish, claim_due ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("count", [1, 2])
-def test_publish_sends_the_messages_then_marks_the_jobs_queued(engine, broker, count):
-    jobs = [enqueue(payload={"hold_seconds": n}) for n in range(count)]
-    assert all(row(job).publishing_since is not None for job in jobs)  # this process's claim
-
+def test_publish_sends_the_messages_then_deletes_their_outbox_rows(engine, broker, count):
     with clock() as during:
-        assert engine.publish(jobs) is True
+        jobs = [enqueue(payload={"hold_seconds": n}) for n in range(count)]
+    assert all(claimed(job) in during for job in jobs)  # this process's claim
+
+    assert engine.publish(jobs) is True
 
     assert sent(broker) == sorted(("ops.ping", str(job.pk)) for job in jobs)
     for job in jobs:
         stored = row(job)
-        assert (stored.state, stored.publishing_since) == (State.QUEUED, None)
+        assert (stored.state, claimed(job)) == (State.QUEUED, NOT_OWED)
         assert stored.queued_at in during
         assert (job.state, job.queued_at, job.publish_error) == (State.QUEUED, stored.queued_at, "")
 
@@ -130,84 +137,61 @@ def test_a_failed_publish_frees_the_claim_for_the_relay(engine, broker, dead_bro
     assert engine.publish([job]) is False
 
     stored = row(job)
-    assert (stored.state, stored.publishing_since, stored.queued_at) == (State.PENDING, None, None)
+    assert (stored.state, claimed(job), stored.queued_at) == (State.PENDING, None, None)
     assert job.state == State.PENDING
     assert "refused" in job.publish_error.lower()
     assert [due.pk for due in engine.claim_due(limit=10)] == [job.pk]
 
 
-def test_mark_published_leaves_a_job_a_fast_worker_started_started(engine):
+def test_a_failed_publish_leaves_a_job_a_worker_started_started(engine, broker, dead_broker):
     job = enqueue()
-    run(engine, job)
-    published_at = timezone.now()
+    run(engine, job)  # its message went out before the broker failed
 
-    engine.mark_published([job.pk], published_at)
+    assert engine.publish([job]) is False
 
-    stored = row(job)
-    assert (stored.state, stored.publishing_since, stored.queued_at) == (State.STARTED, None, published_at)
-    assert attempts(job) == [(1, "running")]
-
-
-def test_mark_published_leaves_a_retry_with_a_fresh_run_at_retrying(engine):
-    job = enqueue()
-    retry_at = timezone.now() + timedelta(minutes=1)
-    fail(engine, job, run(engine, job), State.RETRYING, retry_at=retry_at)
-
-    engine.mark_published([job.pk], timezone.now())
-
-    stored = row(job)
-    assert (stored.state, stored.run_at, stored.publishing_since, stored.queued_at) == (
-        State.RETRYING,
-        retry_at,
-        None,
-        None,
-    )
-
-
-def test_mark_published_of_many_marks_only_those_still_unpublished(engine):
-    pending, started, retrying, cancelled = enqueue(), enqueue(), enqueue(), enqueue()
-    run(engine, started)
-    fail(engine, retrying, run(engine, retrying), State.RETRYING, retry_at=timezone.now() + timedelta(minutes=1))
-    engine.cancel(job_id=cancelled.pk, via="api")
-    published_at = timezone.now()
-
-    engine.mark_published([job.pk for job in (pending, started, retrying, cancelled)], published_at)
-
-    states = {job.pk: (row(job).state, row(job).queued_at, row(job).publishing_since) for job in (pending, started)}
-    assert states == {pending.pk: (State.QUEUED, published_at, None), started.pk: (State.STARTED, published_at, None)}
-    assert (row(retrying).state, row(retrying).queued_at) == (State.RETRYING, None)
-    assert (row(cancelled).state, row(cancelled).publishing_since) == (State.CANCELLED, None)
+    assert (row(job).state, attempts(job)) == (State.STARTED, [(1, "running")])
+    assert claimed(job) is None
+    assert engine.claim_due(limit=10) == []  # a started job needs no message: its outbox row goes
+    assert claimed(job) == NOT_OWED
 
 
 def test_claim_due_takes_unclaimed_expired_and_due_jobs_only(engine):
     now = timezone.now()
-    unclaimed = built(publishing_since=None)  # its publish failed
-    expired = built(publishing_since=now - PUBLISH_CLAIM - timedelta(seconds=1))  # its publisher died
-    fresh = built(publishing_since=now)  # its publisher is at it
-    scheduled_due = built(state=State.SCHEDULED, run_at=ago(1), publishing_since=None)
-    scheduled_later = built(state=State.SCHEDULED, run_at=now + timedelta(hours=1), publishing_since=None)
+    unclaimed, expired, fresh = built(), built(), built()
+    scheduled_due = built(state=State.SCHEDULED, run_at=ago(1))
+    scheduled_later = built(state=State.SCHEDULED, run_at=now + timedelta(hours=1))
     engine.insert([unclaimed, expired, fresh, scheduled_due, scheduled_later])
-    retrying_due, retrying_later, started, queued = enqueue(), enqueue(), enqueue(), enqueue()
+    owe(unclaimed, claimed_at=None)  # its publish failed
+    owe(expired, claimed_at=now - PUBLISH_CLAIM - timedelta(seconds=1))  # its publisher died
+    owe(fresh, claimed_at=now)  # its publisher is at it
+    retrying_due, retrying_later, started, published = enqueue(), enqueue(), enqueue(), enqueue()
     fail(engine, retrying_due, run(engine, retrying_due), State.RETRYING, retry_at=ago(1))
     fail(engine, retrying_later, run(engine, retrying_later), State.RETRYING, retry_at=now + timedelta(minutes=1))
     run(engine, started)
-    engine.mark_published([queued.pk], now)
+    engine.publish([published])
+    for job in (retrying_due, retrying_later, started):
+        owe(job, claimed_at=ago(60))  # a stale row of a job that needs no message now
 
     with clock() as during:
-        claimed = engine.claim_due(limit=100)
+        claimed_jobs = engine.claim_due(limit=100)
 
-    assert ids(*claimed) == ids(unclaimed, expired, scheduled_due, retrying_due)
-    for job in claimed:
-        assert job.publishing_since in during
-        assert row(job).publishing_since == job.publishing_since
-        assert row(job).state == job.state  # the publish changes it, not the claim
-    assert row(fresh).publishing_since == now
+    assert ids(*claimed_jobs) == ids(unclaimed, expired, scheduled_due, retrying_due)
+    for job in claimed_jobs:
+        assert claimed(job) in during
+        assert (row(job).state, job.state) == (State.QUEUED, State.QUEUED)
+        assert job.queued_at == (expired.created_at if job.pk == expired.pk else row(job).queued_at)
+        assert job.queued_at in during or job.pk == expired.pk
+    assert claimed(fresh) == now
+    assert claimed(started) == claimed(retrying_later) == NOT_OWED
+    assert (row(retrying_later).state, row(scheduled_later).state) == (State.RETRYING, State.SCHEDULED)
     assert engine.claim_due(limit=100) == []  # claimed now, by this relay
 
 
 def test_claim_due_takes_the_oldest_first_up_to_its_limit(engine):
-    jobs = [built(publishing_since=None, created_at=ago(seconds)) for seconds in (30, 10, 20)]
+    jobs = [built(created_at=ago(seconds)) for seconds in (30, 10, 20)]
     engine.insert(jobs)
+    for job in jobs:
+        owe(job, claimed_at=None)
     assert [job.pk for job in engine.claim_due(limit=2)] == [jobs[0].pk, jobs[2].pk]
 
 
@@ -346,7 +330,7 @@ def test_claim_batch_with_a_started_member_claims_none_and_publishes_each_alone(
         with clock() as during:
             assert claim(engine, [started, first, second, cancelled]) == {}
         for job in (started, first, second):
-            assert (row(job).state, row(job).publishing_since in during) == (State.PENDING, True)
+            assert (row(job).state, claimed(job) in during) == (State.QUEUED, True)
         assert sent(broker) == []  # published once committed
 
     assert attempts(started) == [(1, "lost")]
@@ -378,11 +362,19 @@ def test_the_postgres_engine_takes_its_one_statement_paths(engine):
     jobs = [built(), built()]
     with CaptureQueriesContext(connection) as inserted:
         engine.insert(jobs)
+    with clock() as during, CaptureQueriesContext(connection) as inserted_one:
+        [one] = engine.insert([built()])
+    assert (row(one).state, claimed(one) in during) == (State.QUEUED, True)
+    with CaptureQueriesContext(connection) as published:
+        engine.publish([one])
     with CaptureQueriesContext(connection) as began:
         attempt = run(engine, jobs[0])
     with CaptureQueriesContext(connection) as succeeded:
         engine.succeed(job_id=str(jobs[0].pk), attempt=attempt, result=1)
 
-    assert [query["sql"].split()[0] for query in inserted] == ["COPY"]
+    assert [query["sql"].split()[0] for query in inserted] == ["COPY", "INSERT"]  # the jobs, their outbox rows
+    assert [query["sql"].split()[0] for query in inserted_one] == ["WITH"]  # both rows in one statement
+    assert {f: getattr(row(one), f) for f in FIELDS} == {f: getattr(one, f) for f in FIELDS}
+    assert ([query["sql"].split()[0] for query in published], claimed(one)) == (["DELETE"], NOT_OWED)
     assert (len(began), len(succeeded)) == (1, 1)
     assert (row(jobs[0]).state, attempts(jobs[0])) == (State.SUCCEEDED, [(1, "succeeded")])

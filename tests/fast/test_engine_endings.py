@@ -10,7 +10,22 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 from tasks.models import Job
-from tests.fast.conftest import attempt_row, attempts, claim, clock, enqueue, fail, ids, noops, row, run, sent
+from tests.fast.conftest import (
+    ago,
+    attempt_row,
+    attempts,
+    claim,
+    claimed,
+    clock,
+    enqueue,
+    fail,
+    ids,
+    noops,
+    owe,
+    row,
+    run,
+    sent,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -98,25 +113,20 @@ def test_succeed_many_of_nothing_does_nothing(engine):
 # -- fail ---------------------------------------------------------------------------------------
 
 
-def test_fail_to_retrying_sets_when_and_frees_the_claim(engine):
+def test_fail_to_retrying_sets_when_it_runs_again(engine):
     job = enqueue()
-    assert row(job).publishing_since is not None
     retry_at = timezone.now() + timedelta(minutes=1)
     with clock() as during:
         fail(engine, job, run(engine, job), State.RETRYING, retry_at=retry_at)
 
     stored = row(job)
-    assert (stored.state, stored.run_at, stored.publishing_since, stored.finished_at) == (
-        State.RETRYING,
-        retry_at,
-        None,
-        None,
-    )
+    assert (stored.state, stored.run_at, stored.finished_at) == (State.RETRYING, retry_at, None)
     assert (stored.error, stored.traceback) == ("E: boom", "tb")
     closed = attempt_row(job, 1)
     assert (closed.outcome, closed.error) == ("failed", "E: boom")
     assert closed.finished_at in during
-    assert engine.claim_due(limit=10) == []  # not due yet
+    owe(job, claimed_at=ago(60))  # a row its publisher left behind
+    assert engine.claim_due(limit=10) == []  # not due yet, and a retry needs no message now
 
 
 @pytest.mark.parametrize("state", [State.FAILED, State.DEAD])
@@ -181,16 +191,16 @@ def test_abandon_batch_publishes_the_started_members_again_alone(
     engine, broker, django_capture_on_commit_callbacks, ran
 ):
     first, second, done = noops(3)
-    claimed = claim(engine, [first, second, done])
-    engine.succeed_many(results={str(done.pk): None}, attempts=claimed)
+    started = claim(engine, [first, second, done])
+    engine.succeed_many(results={str(done.pk): None}, attempts=started)
 
     with django_capture_on_commit_callbacks(execute=True):
         with clock() as during:
             engine.abandon_batch(job_ids=[str(job.pk) for job in (first, second, done)], reason="hard limit", ran=ran)
         for job in (first, second):
             stored = row(job)
-            assert (stored.state, stored.attempts) == (State.PENDING, 1 if ran else 0)
-            assert stored.publishing_since in during
+            assert (stored.state, stored.attempts) == (State.QUEUED, 1 if ran else 0)
+            assert claimed(job) in during
             assert attempts(job) == ([(1, "failed")] if ran else [])
         assert sent(broker) == []
 
@@ -207,7 +217,7 @@ def test_mark_undeliverable_kills_a_job_not_finished(engine, finished):
         assert engine.mark_undeliverable(job_id=str(job.pk), reason="undeliverable: unknown task") is True
 
     stored = row(job)
-    assert (stored.state, stored.error, stored.publishing_since) == (State.DEAD, "undeliverable: unknown task", None)
+    assert (stored.state, stored.error) == (State.DEAD, "undeliverable: unknown task")
     assert stored.finished_at in during
     assert finished == [(str(job.pk), State.DEAD)]
 

@@ -17,7 +17,7 @@ from django.db import DatabaseError, connection, transaction
 
 from tasks.models import Job
 from tasks.platform.engine import ActionRefused
-from tests.fast.conftest import actions, attempts, built, claim, enqueue, ids, noops, row, run
+from tests.fast.conftest import actions, attempts, built, claim, enqueue, ids, noops, owe, row, run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -113,7 +113,9 @@ def at_once(*calls: Callable[[], Any]) -> list[Any]:
 
 def test_a_relay_skips_the_jobs_another_relay_is_claiming(engine):
     needs_postgres()
-    jobs = engine.insert([built(publishing_since=None) for _ in range(10)])
+    jobs = engine.insert([built() for _ in range(10)])
+    for job in jobs:
+        owe(job, claimed_at=None)
     first = hold(lambda: engine.claim_due(limit=4))
 
     others = Session(lambda: engine.claim_due(limit=100)).result(timeout=5)  # not waiting for the first's locks
@@ -127,7 +129,9 @@ def test_a_relay_skips_the_jobs_another_relay_is_claiming(engine):
 
 def test_relays_claiming_at_once_never_take_one_job_twice(engine):
     needs_postgres()
-    jobs = engine.insert([built(publishing_since=None) for _ in range(60)])
+    jobs = engine.insert([built() for _ in range(60)])
+    for job in jobs:
+        owe(job, claimed_at=None)
 
     def relay() -> list[Job]:
         taken: list[Job] = []

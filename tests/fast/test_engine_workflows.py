@@ -7,7 +7,7 @@ import pytest
 from tasks.models import Job
 from tasks.platform.engine import ActionRefused
 from tasks.platform.services.jobs import JobRequest, job_enqueue_chain, job_enqueue_group
-from tests.fast.conftest import actions, ago, claim, clock, fail, row, run, sent
+from tests.fast.conftest import NOT_OWED, actions, ago, claim, claimed, clock, fail, row, run, sent
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +32,7 @@ def test_a_chains_next_step_is_released_on_success_and_published_after_commit(
     engine, broker, django_capture_on_commit_callbacks
 ):
     first, second, third = chain()
-    assert [row(job).state for job in (first, second, third)] == [State.PENDING, State.WAITING, State.WAITING]
+    assert [row(job).state for job in (first, second, third)] == [State.QUEUED, State.WAITING, State.WAITING]
     attempt = run(engine, first)
     assert attempt.has_next and attempt.in_workflow
 
@@ -40,7 +40,7 @@ def test_a_chains_next_step_is_released_on_success_and_published_after_commit(
         with clock() as during:
             engine.succeed(job_id=str(first.pk), attempt=attempt, result=1)
         released = row(second)
-        assert (released.state, released.publishing_since in during) == (State.PENDING, True)
+        assert (released.state, claimed(released) in during) == (State.QUEUED, True)
         assert sent(broker) == []
 
     assert (row(first).state, row(second).state, row(third).state) == (State.SUCCEEDED, State.QUEUED, State.WAITING)
@@ -60,8 +60,8 @@ def test_a_groups_callback_counts_down_to_its_release(engine, broker, django_cap
 
     with django_capture_on_commit_callbacks(execute=True):
         engine.succeed(job_id=str(members[2].pk), attempt=attempts[2], result=None)
-        assert (row(callback).state, row(callback).waiting_for) == (State.PENDING, 0)
-        assert row(callback).publishing_since is not None
+        assert (row(callback).state, row(callback).waiting_for) == (State.QUEUED, 0)
+        assert claimed(callback) is not None
 
     assert row(callback).state == State.QUEUED
     assert sent(broker) == [("ops.ping", str(callback.pk))]
@@ -118,7 +118,7 @@ def test_retrying_a_job_puts_the_steps_its_failure_cancelled_back_to_waiting(
 
     engine.retry(job_id=first.pk, via="api")
 
-    assert row(first).state == State.PENDING
+    assert row(first).state == State.QUEUED
     for step in (second, third):
         stored = row(step)
         assert (stored.state, stored.error, stored.finished_at) == (State.WAITING, "", None)
@@ -137,7 +137,7 @@ def test_retrying_a_step_whose_earlier_step_did_not_succeed_makes_it_wait(
         engine.retry(job_id=second.pk, via="api")
 
     stored = row(second)
-    assert (stored.state, stored.publishing_since, stored.attempts_before_retry) == (State.WAITING, None, 0)
+    assert (stored.state, claimed(second), stored.attempts_before_retry) == (State.WAITING, NOT_OWED, 0)
     assert [kind for kind, *_ in actions(second)] == ["step_cancelled", "retried"]
     assert (row(first).state, row(third).state) == (State.FAILED, State.WAITING)
     assert sent(broker) == []
@@ -167,7 +167,7 @@ def test_a_groups_callback_waits_again_once_none_of_its_members_is_stopped(engin
 
     for member in members[:2]:
         succeed(engine, member)
-    assert (row(callback).state, row(callback).waiting_for) == (State.PENDING, 0)
+    assert (row(callback).state, row(callback).waiting_for) == (State.QUEUED, 0)
 
 
 def test_retrying_a_groups_callback_whose_member_did_not_succeed_makes_it_wait(engine):
@@ -177,7 +177,7 @@ def test_retrying_a_groups_callback_whose_member_did_not_succeed_makes_it_wait(e
 
     engine.retry(job_id=callback.pk, via="api")
 
-    assert (row(callback).state, row(callback).publishing_since) == (State.WAITING, None)
+    assert (row(callback).state, claimed(callback)) == (State.WAITING, NOT_OWED)
 
 
 def test_retry_of_a_waiting_step_is_refused(engine):

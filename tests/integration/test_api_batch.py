@@ -5,7 +5,7 @@ from uuid import UUID
 import pytest
 import requests
 
-from tasks.models import ApiToken, Job
+from tasks.models import ApiToken, Job, JobOutbox
 from tasks.platform.queues import QueueName
 from tests.fixtures import bearer, create_operator
 from tests.support.processes import free_port
@@ -154,4 +154,5 @@ def test_redis_down_answers_503_with_the_jobs_kept_pending(start_web):
     assert set(Job.objects.values_list("state", flat=True)) == {Job.State.PENDING}
     assert sorted(str(pk) for pk in Job.objects.values_list("pk", flat=True)) == sorted(j["id"] for j in body["jobs"])
     # The failed publish freed its claim: the relay takes the rows at once.
-    assert set(Job.objects.values_list("publishing_since", flat=True)) == {None}
+    assert set(JobOutbox.objects.values_list("claimed_at", flat=True)) == {None}
+    assert JobOutbox.objects.count() == 3

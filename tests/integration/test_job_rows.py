@@ -11,8 +11,8 @@ from tasks.platform.services.jobs import JobRequest, job_enqueue, job_enqueue_ma
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-#: every column but the id, and the publisher's claim, which the publish clears meanwhile
-FIELDS = [f.attname for f in Job._meta.concrete_fields if f.attname not in ("id", "publishing_since")]
+#: every column but the id
+FIELDS = [f.attname for f in Job._meta.concrete_fields if f.attname != "id"]
 
 
 def stored(job: Job) -> dict:

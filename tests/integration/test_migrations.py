@@ -9,13 +9,14 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
 from project.celery import app
-from tasks.models import Job
+from tasks.models import Job, JobOutbox
 from tasks.platform.services.schedules import RETENTION_SCHEDULE, RETENTION_SCHEDULE_BEFORE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BEFORE_ONE_PUBLISH = [("tasks", "0014_retention_schedule_prunes_finished_jobs")]
 WITH_ONE_PUBLISH = [("tasks", "0015_one_publish_mechanism_and_owner_key")]
+WITH_OUTBOX = [("tasks", "0016_outbox_table")]
 
 
 def migrate(targets) -> MigrationExecutor:
@@ -48,7 +49,7 @@ def test_the_queued_jobs_of_a_publish_lease_go_back_to_the_relay(migrated_back):
     unleased = job("queued", queued_at=timezone.now())
     old_lease.objects.create(since=timezone.now() - timedelta(seconds=5), jobs=leased.pk.bytes + started.pk.bytes)
 
-    migrate(WITH_ONE_PUBLISH)
+    migrate(WITH_OUTBOX)
 
     rows = {
         pk: (state, queued_at is None) for pk, state, queued_at in Job.objects.values_list("pk", "state", "queued_at")
@@ -56,7 +57,31 @@ def test_the_queued_jobs_of_a_publish_lease_go_back_to_the_relay(migrated_back):
     assert rows[leased.pk] == (Job.State.PENDING, True)  # its publish may never have happened
     assert rows[started.pk] == (Job.State.STARTED, True)
     assert rows[unleased.pk] == (Job.State.QUEUED, False)
-    assert Job.objects.get(pk=leased.pk).publishing_since is None  # the relay takes it at once
+    assert list(JobOutbox.objects.values_list("job_id", "claimed_at")) == [(leased.pk, None)]  # the relay's at once
+
+
+def test_pending_jobs_owe_their_messages_in_the_outbox_and_back(migrated_back):
+    old_apps = migrated_back(WITH_ONE_PUBLISH)
+    old_job = old_apps.get_model("tasks", "Job")
+    claimed_at = timezone.now() - timedelta(seconds=5)
+    in_flight = old_job.objects.create(
+        task_name="ops.ping", queue="default", state="pending", publishing_since=claimed_at
+    )
+    failed = old_job.objects.create(task_name="ops.ping", queue="default", state="pending")
+    queued = old_job.objects.create(task_name="ops.ping", queue="default", state="queued", queued_at=timezone.now())
+
+    migrate(WITH_OUTBOX)
+
+    assert set(JobOutbox.objects.values_list("job_id", "claimed_at")) == {(in_flight.pk, claimed_at), (failed.pk, None)}
+    assert Job.objects.get(pk=queued.pk).state == Job.State.QUEUED
+
+    old_apps = migrated_back(WITH_ONE_PUBLISH)
+    rows = old_apps.get_model("tasks", "Job").objects.values_list("pk", "state", "publishing_since")
+    assert set(rows) == {
+        (in_flight.pk, "pending", claimed_at),
+        (failed.pk, "pending", None),
+        (queued.pk, "queued", None),
+    }
 
 
 # --- the migration of the seeded schedule -------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 import requests
 
-from tasks.models import ApiToken, Job
+from tasks.models import ApiToken, Job, JobOutbox
 from tests.fixtures import create_operator
 from tests.support.processes import free_port
 
@@ -26,7 +26,8 @@ def test_redis_down_while_enqueueing_answers_503_and_keeps_the_job_pending(start
     job = Job.objects.get(pk=body["id"])
     assert job.state == Job.State.PENDING
     assert job.payload == {"hold_seconds": 0, "ignore_soft_limit": False}  # stored with its defaults
-    assert job.publishing_since is None  # the failed publish freed its claim: the relay takes it at once
+    # The failed publish freed its claim: the relay takes it at once.
+    assert list(JobOutbox.objects.filter(job=job).values_list("claimed_at", flat=True)) == [None]
 
     ready = requests.get(f"{base}/readyz", timeout=10)
     assert ready.status_code == 503

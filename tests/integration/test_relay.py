@@ -9,7 +9,7 @@ import requests
 from django.db import transaction
 from django.utils import timezone
 
-from tasks.models import ApiToken, Job
+from tasks.models import ApiToken, Job, JobOutbox
 from tasks.platform.engine import engine
 from tasks.platform.engine.orm import PUBLISH_CLAIM
 from tasks.platform.queues import QueueName
@@ -20,9 +20,18 @@ from tests.support.processes import wait_until
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def unpublished(queue: str = "default", **fields) -> Job:
-    """A committed row whose publish never happened (the enqueuing process died in between)."""
-    return Job.objects.create(task_name="ops.ping", queue=queue, payload={"hold_seconds": 0}, **fields)
+def unpublished(queue: str = "default", *, claimed_at=None, **fields) -> Job:
+    """A committed job whose message is owed: its publish failed (no claim) or its publisher is at
+    it or died (``claimed_at``)."""
+    fields.setdefault("state", Job.State.PENDING if claimed_at is None else Job.State.QUEUED)
+    job = Job.objects.create(task_name="ops.ping", queue=queue, payload={"hold_seconds": 0}, **fields)
+    JobOutbox.objects.create(job=job, claimed_at=claimed_at)
+    return job
+
+
+def owed(*jobs: Job) -> set:
+    """Those of the jobs whose messages are still owed."""
+    return set(JobOutbox.objects.filter(job__in=jobs).values_list("job_id", flat=True))
 
 
 def test_job_enqueued_while_redis_is_down_runs_once_redis_is_back(own_redis, start_web, start_relay, start_worker):
@@ -46,20 +55,19 @@ def test_job_enqueued_while_redis_is_down_runs_once_redis_is_back(own_redis, sta
         lambda: Job.objects.filter(pk=job_id, state=Job.State.SUCCEEDED).first(), timeout=30, what="the relayed job"
     )
     assert done.attempts == 1
-    assert done.publishing_since is None
+    assert owed(done) == set()
 
 
 def test_relay_publishes_a_row_whose_publisher_died_and_leaves_a_fresh_lease_alone(start_relay, broker):
-    orphan = unpublished(publishing_since=timezone.now() - PUBLISH_CLAIM - timedelta(seconds=1))
-    in_flight = unpublished(publishing_since=timezone.now())
+    orphan = unpublished(claimed_at=timezone.now() - PUBLISH_CLAIM - timedelta(seconds=1))
+    in_flight = unpublished(claimed_at=timezone.now())
 
     assert start_relay("--once").popen.wait(60) == 0
 
     orphan.refresh_from_db()
     in_flight.refresh_from_db()
     assert orphan.state == Job.State.QUEUED
-    assert orphan.queued_at is not None
-    assert in_flight.state == Job.State.PENDING
+    assert owed(orphan, in_flight) == {in_flight.pk}
     assert broker.llen("default:5") == 1
 
 
@@ -98,7 +106,7 @@ def test_enqueue_returns_its_job_published_and_queued_with_no_claim_left(broker,
             assert broker.llen("default:5") == 0  # nothing is sent before the commit
 
     row = Job.objects.get(pk=job.pk)
-    assert (row.state, row.publishing_since, broker.llen("default:5")) == (Job.State.QUEUED, None, 1)
+    assert (row.state, owed(row), broker.llen("default:5")) == (Job.State.QUEUED, set(), 1)
     assert job.state == Job.State.QUEUED
 
 
@@ -109,7 +117,8 @@ def test_enqueue_many_leaves_no_claim_once_it_returns(broker, in_transaction):
 
     assert broker.llen("default:5") == 3
     rows = Job.objects.filter(pk__in=[job.pk for job in jobs])
-    assert set(rows.values_list("state", "publishing_since")) == {(Job.State.QUEUED, None)}
+    assert set(rows.values_list("state", flat=True)) == {Job.State.QUEUED}
+    assert owed(*jobs) == set()
 
 
 def test_a_rolled_back_enqueue_publishes_nothing(broker):
@@ -122,14 +131,14 @@ def test_a_rolled_back_enqueue_publishes_nothing(broker):
 
 
 @pytest.mark.parametrize("count", [1, 3])
-def test_a_late_publish_mark_leaves_a_job_a_worker_already_failed_back_to_retrying(count, broker):
-    """A fast worker can run a relayed retry and fail it again (lease freed) before the relay marks
-    its publish: that next retry is not published yet, so it must stay retrying for the relay."""
+def test_a_publish_leaves_a_job_a_worker_already_failed_back_to_retrying(count, broker):
+    """A fast worker can run a relayed retry and fail it again before the relay's publish returns:
+    that next retry is not published yet, so the publish must leave it retrying for the relay."""
     retry_at = timezone.now() + timedelta(seconds=5)
-    jobs = [unpublished(state=Job.State.RETRYING, run_at=retry_at, attempts=2) for _ in range(count)]
+    jobs = [unpublished(claimed_at=timezone.now(), state=Job.State.RETRYING, run_at=retry_at) for _ in range(count)]
 
-    engine().mark_published([job.pk for job in jobs], timezone.now())
+    assert engine().publish(jobs) is True
 
-    assert set(Job.objects.filter(pk__in=[job.pk for job in jobs]).values_list("state", flat=True)) == {
-        Job.State.RETRYING
-    }
+    rows = Job.objects.filter(pk__in=[job.pk for job in jobs])
+    assert set(rows.values_list("state", "run_at")) == {(Job.State.RETRYING, retry_at)}
+    assert owed(*jobs) == set()

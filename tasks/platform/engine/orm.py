@@ -5,14 +5,17 @@ other state is left as it is (or, for an operator's action, refused with ActionR
 
 Locking, stated once: a transition takes the row locks of the jobs it changes before it reads
 their state, inside one transaction, and several rows are locked in primary-key order
-(``_locked``). Every writer of many rows (an enqueue's publish mark, a relay pass, a batch's claim
-and its successes) takes them in that order, so two of them wait for each other instead of
-deadlocking. Workflow links are followed inside the same transaction.
+(``_locked``). Every writer of many rows (a batch's claim and its successes, a failed publish)
+takes them in that order, so two of them wait for each other instead of deadlocking. A job's row
+is locked before its outbox row; the relay's claim, which finds jobs through the outbox, skips rows
+others hold instead. Workflow links are followed inside the same transaction.
 
-Publishing, stated once: a job to run now is written ``pending`` with ``publishing_since`` set (its
-publisher's claim); after the commit, ``publish`` sends its message and then marks it ``queued``.
-A publish that failed frees the claim, and an expired claim means its publisher died: either way
-the relay (``claim_due``) publishes the job. The row is the outbox; nothing else keeps the promise.
+Publishing, stated once: a job to run now is written ``queued`` with a row in the outbox
+(``JobOutbox``), claimed by the process that wrote it, in one transaction; after the commit,
+``publish`` sends its message and deletes that row. A publish that failed frees the claim (the job
+is ``pending`` until it is sent), and an expired claim means its publisher died: either way the
+relay (``claim_due``) sends the job. The outbox is the only promise of a publish; nothing else
+keeps it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import operator
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial, reduce
@@ -32,14 +34,13 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import Case, F, JSONField, Q, QuerySet, Value, When
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from tasks.platform.engine import publish as messages
 from tasks.platform.engine.events import job_event_publish, job_events_publish
 from tasks.platform.engine.workflows import steps_rearmed, steps_released, steps_stopped, with_next_steps
-from tasks.platform.models import Job, JobAction, JobAttempt
-from tasks.platform.models.jobs import FINISHED_STATES, RETRYABLE_STATES, UNPUBLISHED_STATES
+from tasks.platform.models import Job, JobAction, JobAttempt, JobOutbox
+from tasks.platform.models.jobs import FINISHED_STATES, RETRYABLE_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +101,32 @@ class OrmEngine:
     # -- new jobs and their publish -------------------------------------------------------------
 
     def insert(self, jobs: list[Job]) -> list[Job]:
-        """Write new jobs in the caller's transaction. Where an owner's idempotency key is taken
-        (by an earlier job, or earlier in ``jobs``), that job is returned in its place with
-        ``created`` False. Precondition: unsaved jobs, built by the enqueue service."""
+        """Write new jobs in one transaction (the caller's, if it has one); those to run now (built
+        ``pending``) are written queued, their messages owed and sent after the commit. Where an
+        owner's idempotency key is taken (by an earlier job, or earlier in ``jobs``), that job is
+        returned in its place with ``created`` False. Precondition: unsaved jobs, built by the
+        enqueue service."""
+        runnable = [job for job in jobs if job.state == Job.State.PENDING]
+        for job in runnable:
+            job.state, job.queued_at = Job.State.QUEUED, job.created_at
         keyed = {}
         for job in jobs:
             if job.idempotency_key is not None:
                 keyed.setdefault((job.owner_id, job.task_name, job.idempotency_key), job)
-        if not keyed:
-            self._insert_rows(jobs)
-            return jobs
+        with transaction.atomic(savepoint=False):
+            if keyed:
+                jobs = self._insert_keyed(jobs, keyed)
+                written = {id(job) for job in jobs}  # a job an earlier one's key stopped is not among them
+                runnable = [job for job in runnable if id(job) in written]
+            else:
+                self._insert_rows(jobs)
+            if runnable:
+                self._owe([job.pk for job in runnable], claimed_at=timezone.now())
+                self.publish_on_commit(runnable)
+        return jobs
+
+    def _insert_keyed(self, jobs: list[Job], keyed: dict[tuple, Job]) -> list[Job]:
+        """Insert what no earlier job's key stops; the jobs, an earlier one in place of each stopped."""
         Job.objects.bulk_create(jobs, ignore_conflicts=True)
         inserted = set(Job.objects.filter(pk__in=[job.pk for job in keyed.values()]).values_list("pk", flat=True))
         for key, job in keyed.items():
@@ -125,68 +142,94 @@ class OrmEngine:
     def _insert_rows(self, jobs: list[Job]) -> None:
         Job.objects.bulk_create(jobs)
 
+    def _owe(self, ids: list, *, claimed_at: datetime) -> None:
+        """The jobs' messages are owed, claimed by this process at ``claimed_at`` (an existing
+        outbox row's claim is taken over)."""
+        JobOutbox.objects.bulk_create(
+            [JobOutbox(job_id=job_id, claimed_at=claimed_at) for job_id in ids],
+            update_conflicts=True,
+            unique_fields=["job"],
+            update_fields=["claimed_at"],
+        )
+
     def publish_on_commit(self, jobs: Sequence[Job], *, alone: bool = False) -> None:
-        """Publish pending jobs this process claimed once the caller's transaction commits (at once
-        outside one)."""
+        """Publish jobs whose outbox rows this process claimed once the caller's transaction
+        commits (at once outside one)."""
         if jobs:
             transaction.on_commit(partial(self.publish, jobs, alone=alone))
 
     def publish(self, jobs: Sequence[Job], *, alone: bool = False) -> bool:
-        """Send the messages of jobs whose publish this process claimed (committed, pending or
-        due), then mark them queued. On a broker error their claim is freed for the relay and
-        each job's ``publish_error`` says why. ``alone``: one message each, no batches."""
-        published_at = timezone.now()  # before sending: a fast worker may start a job at once
+        """Send the messages of committed jobs whose outbox rows this process claimed, then delete
+        those rows. On a broker error the claims are freed for the relay, the jobs not started are
+        ``pending``, and each job's ``publish_error`` says why. ``alone``: one message each."""
         failure = messages.send(jobs, alone=alone)
         ids = [job.pk for job in jobs]
-        if failure is not None:
-            Job.objects.filter(pk__in=ids).update(publishing_since=None)
-            logger.warning(
-                "%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(ids), failure
-            )
-        else:
-            self.mark_published(ids, published_at)
+        if failure is None:
+            self._published(ids)
+            for job in jobs:
+                job.publish_error = ""
+            return True
+        with transaction.atomic():
+            list(_locked(ids).values_list("pk"))
+            Job.objects.filter(pk__in=ids, state=Job.State.QUEUED).update(state=Job.State.PENDING, queued_at=None)
+            JobOutbox.objects.filter(job_id__in=ids).update(claimed_at=None)
+        logger.warning("%d job(s) stay unpublished, the relay will retry: broker unavailable (%s)", len(ids), failure)
         for job in jobs:
-            job.publish_error = "" if failure is None else str(failure)
-            if failure is None and job.state in UNPUBLISHED_STATES:
-                job.state, job.queued_at, job.publishing_since = Job.State.QUEUED, published_at, None
-        return failure is None
+            job.publish_error = str(failure)
+            if job.state == Job.State.QUEUED:
+                job.state, job.queued_at = Job.State.PENDING, None
+        return False
 
-    def mark_published(self, ids: list, published_at: datetime) -> None:
-        """Jobs still unpublished and still claimed become queued. A fast worker may have started
-        (or even failed back to retrying, its claim freed) a job before this mark: it keeps its
-        state, and only learns when it was sent."""
-        with transaction.atomic() if len(ids) > 1 else nullcontext():
-            if len(ids) > 1:
-                list(_locked(ids).values_list("pk"))
-            claimed = Job.objects.filter(pk__in=ids, publishing_since__isnull=False)
-            if claimed.filter(state__in=UNPUBLISHED_STATES).update(
-                state=Job.State.QUEUED, queued_at=published_at, publishing_since=None
-            ) < len(ids):
-                claimed.update(publishing_since=None, queued_at=Coalesce(F("queued_at"), Value(published_at)))
+    def _published(self, ids: list) -> None:
+        """The messages are out: their outbox rows go (the jobs' own rows stay as they are)."""
+        JobOutbox.objects.filter(job_id__in=ids).delete()
 
     def claim_due(self, *, limit: int) -> list[Job]:
-        """The relay's claim: pending jobs whose publish is not claimed or whose claim expired, and
-        delayed jobs and retries that fell due. Rows locked by another claim are skipped, so two
-        relays never take the same job. The caller publishes them (``publish``)."""
+        """The relay's claim: jobs whose outbox rows are unclaimed or whose claim expired, and
+        delayed jobs and retries that fell due (written queued, their messages owed). Rows locked
+        by another claim are skipped, so two relays never take the same job. The caller publishes
+        them (``publish``)."""
         now = timezone.now()
-        due = Q(state=Job.State.PENDING) | Q(state__in=[Job.State.SCHEDULED, Job.State.RETRYING], run_at__lte=now)
-        free = Q(publishing_since__isnull=True) | Q(publishing_since__lt=now - PUBLISH_CLAIM)
+        free = Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - PUBLISH_CLAIM)
         with transaction.atomic():
-            jobs = list(
-                Job.objects.select_for_update(skip_locked=True).filter(due & free).order_by("created_at")[:limit]
+            owed = list(
+                JobOutbox.objects.select_for_update(skip_locked=True, of=("self",))
+                .filter(free)
+                .order_by("job__created_at")
+                .values_list("job_id", flat=True)[:limit]
             )
-            Job.objects.filter(pk__in=[job.pk for job in jobs]).update(publishing_since=now)
+            # Jobs before outbox rows is every other writer's order: this claim, which took the
+            # outbox rows first, skips a job another transaction holds instead of waiting for it.
+            states = dict(
+                Job.objects.select_for_update(skip_locked=True).filter(pk__in=owed).values_list("pk", "state")
+            )
+            sendable = [pk for pk, state in states.items() if state in (Job.State.PENDING, Job.State.QUEUED)]
+            # A job started, finished or waiting again since its row was written needs no message.
+            JobOutbox.objects.filter(job_id__in=[pk for pk in states if pk not in sendable]).delete()
+            due = list(
+                Job.objects.select_for_update(skip_locked=True)
+                .filter(state__in=[Job.State.SCHEDULED, Job.State.RETRYING], run_at__lte=now)
+                .order_by("run_at")
+                .values_list("pk", flat=True)[: max(limit - len(sendable), 0)]
+            )
+            Job.objects.filter(pk__in=sendable, state=Job.State.PENDING).update(state=Job.State.QUEUED, queued_at=now)
+            Job.objects.filter(pk__in=due).update(state=Job.State.QUEUED, queued_at=now)
+            JobOutbox.objects.filter(job_id__in=sendable).update(claimed_at=now)
+            self._owe(due, claimed_at=now)
+            jobs = list(Job.objects.filter(pk__in=[*sendable, *due]).order_by("created_at"))
         for job in jobs:
-            job.publishing_since = now
+            job.publish_error = ""
         return jobs
 
     def _publish_again(self, jobs: list[Job], *, alone: bool = False) -> None:
-        """In the caller's transaction, rows locked: back to pending, claimed by this process, and
-        published after the commit."""
+        """In the caller's transaction, rows locked: queued again, their messages owed, claimed by
+        this process and sent after the commit."""
         now = timezone.now()
-        Job.objects.filter(pk__in=[job.pk for job in jobs]).update(state=Job.State.PENDING, publishing_since=now)
+        ids = [job.pk for job in jobs]
+        Job.objects.filter(pk__in=ids).update(state=Job.State.QUEUED, queued_at=now)
+        self._owe(ids, claimed_at=now)
         for job in jobs:
-            job.state, job.publishing_since, job.publish_error = Job.State.PENDING, now, ""
+            job.state, job.queued_at, job.publish_error = Job.State.QUEUED, now, ""
         self.publish_on_commit(jobs, alone=alone)
 
     # -- a worker's run -------------------------------------------------------------------------
@@ -352,7 +395,7 @@ class OrmEngine:
                 return  # cancelled while it ran: it stays cancelled
             fields = {"state": state, "error": error, "traceback": traceback}
             if state == Job.State.RETRYING:
-                fields.update(run_at=retry_at, publishing_since=None)
+                fields["run_at"] = retry_at
             else:
                 fields["finished_at"] = now
             Job.objects.filter(pk=job_id).update(**fields)
@@ -384,7 +427,7 @@ class OrmEngine:
             changed = (
                 Job.objects.filter(pk=job_id)
                 .exclude(state__in=FINISHED_STATES)
-                .update(state=Job.State.DEAD, error=reason, finished_at=now, publishing_since=None)
+                .update(state=Job.State.DEAD, error=reason, finished_at=now)
             )
             if changed:
                 JobAttempt.objects.filter(job_id=job_id, outcome=JobAttempt.Outcome.RUNNING).update(
@@ -409,10 +452,10 @@ class OrmEngine:
             JobAction.objects.create(job=job, kind=JobAction.Kind.RETRIED, by=by, via=via, from_state=job.state)
             # A chain's step waits for the step before it, a group's callback for its members.
             waits = job.waiting_for > 0 or (job.after_id is not None and job.after.state != Job.State.SUCCEEDED)
-            job.state = Job.State.WAITING if waits else Job.State.PENDING
+            job.state = Job.State.WAITING if waits else Job.State.QUEUED
             job.attempts_before_retry = job.attempts
             job.error = job.traceback = job.progress_message = ""
-            job.result = job.finished_at = job.run_at = job.discarded_at = job.publishing_since = None
+            job.result = job.finished_at = job.run_at = job.discarded_at = None
             job.progress = 0
             job.save()
             steps_rearmed(job_id=job.pk)

@@ -2,6 +2,9 @@
 
 - ``insert`` of many jobs without idempotency keys uses COPY, PostgreSQL's cheapest way to add
   rows; psycopg adapts each row's values in C, where ``bulk_create`` prepares each field in Python.
+  Their outbox rows are one statement over an array of ids. One job to run now, without a key, is
+  one statement with its outbox row (outside a transaction: no BEGIN and COMMIT round trips).
+- ``publish`` deletes the outbox rows of the messages it sent in one statement.
 - ``begin_attempt`` of a job neither started nor finished, and ``succeed`` of a job no workflow
   waits for, are each one statement (data-modifying CTEs). Every other case takes the reference
   path.
@@ -21,11 +24,19 @@ from django.utils import timezone
 
 from tasks.platform.engine.events import job_event_publish
 from tasks.platform.engine.orm import Attempt, OrmEngine
-from tasks.platform.models import Job, JobAttempt
+from tasks.platform.models import Job, JobAttempt, JobOutbox
 from tasks.platform.models.jobs import FINISHED_STATES
 
 _JOB = Job._meta.db_table
 _ATTEMPT = JobAttempt._meta.db_table
+_OUTBOX = JobOutbox._meta.db_table
+
+_PUBLISHED = f"DELETE FROM {_OUTBOX} WHERE job_id = ANY(%s)"  # noqa: S608 - table name from the model
+
+_OWE = f"""
+INSERT INTO {_OUTBOX} (job_id, claimed_at) SELECT unnest(%(ids)s::uuid[]), %(claimed_at)s
+ON CONFLICT (job_id) DO UPDATE SET claimed_at = EXCLUDED.claimed_at
+"""
 
 _BEGIN = f"""
 WITH started AS (
@@ -61,6 +72,22 @@ class _StartedRow(NamedTuple):
 
 
 class PostgresEngine(OrmEngine):
+    def insert(self, jobs: list[Job]) -> list[Job]:
+        job = jobs[0] if len(jobs) == 1 else None
+        if job is None or job.idempotency_key is not None or job.state != Job.State.PENDING:
+            return super().insert(jobs)
+        job.state, job.queued_at = Job.State.QUEUED, job.created_at
+        values = [encode(getattr(job, attname)) for attname, encode in _fields()]
+        with connection.cursor() as cursor:
+            cursor.execute(_insert_owed_statement(), [*values, timezone.now()])
+        job._state.adding, job._state.db = False, connection.alias
+        self.publish_on_commit(jobs)
+        return jobs
+
+    def _published(self, ids: list) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(_PUBLISHED, [ids])
+
     def _insert_rows(self, jobs: list[Job]) -> None:
         if len(jobs) == 1:
             super()._insert_rows(jobs)
@@ -72,6 +99,13 @@ class PostgresEngine(OrmEngine):
                 copy.write_row([encode(getattr(job, attname)) for attname, encode in fields])
         for job in jobs:  # what bulk_create sets on an instance it inserted
             job._state.adding, job._state.db = False, connection.alias
+
+    def _owe(self, ids: list, *, claimed_at) -> None:
+        if len(ids) < 2:
+            super()._owe(ids, claimed_at=claimed_at)
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(_OWE, {"ids": ids, "claimed_at": claimed_at})
 
     def begin_attempt(self, *, job_id: str, queue: str, worker: str, max_attempts: int, **rest: Any) -> Attempt | None:
         # A job started already (its worker may be lost), finished, or without a row: the reference path.
@@ -122,6 +156,18 @@ def _copy_statement() -> str:
     # Private API (Django): quote_name is the backend's own quoting; Django documents no public one.
     columns = ", ".join(connection.ops.quote_name(field.column) for field in Job._meta.concrete_fields)
     return f"COPY {connection.ops.quote_name(_JOB)} ({columns}) FROM STDIN"
+
+
+@cache
+def _insert_owed_statement() -> str:
+    """One job's row and its outbox row, claimed at the last parameter, in one statement."""
+    quote = connection.ops.quote_name  # Private API (Django): the backend's own quoting, as for COPY
+    columns = ", ".join(quote(field.column) for field in Job._meta.concrete_fields)
+    values = ", ".join(["%s"] * len(Job._meta.concrete_fields))
+    return (
+        f"WITH job AS (INSERT INTO {quote(_JOB)} ({columns}) VALUES ({values}) RETURNING id) "  # noqa: S608
+        f"INSERT INTO {quote(_OUTBOX)} (job_id, claimed_at) SELECT id, %s FROM job"
+    )
 
 
 @cache

@@ -11,7 +11,7 @@ from tasks.platform.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_L
 
 class JobState(models.TextChoices):
     WAITING = "waiting", "Waiting (for an earlier step of its workflow)"
-    PENDING = "pending", "Pending (committed, not yet published)"
+    PENDING = "pending", "Pending (its publish failed; the relay sends it)"
     SCHEDULED = "scheduled", "Scheduled (delayed)"
     QUEUED = "queued", "Queued"
     STARTED = "started", "Started"
@@ -24,7 +24,8 @@ class JobState(models.TextChoices):
 
 #: states after which nothing more happens to a job
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
-#: states in which the relay publishes a job (pending: now; scheduled and retrying: when due)
+#: states of a job whose message is not out: pending (sent by the relay at once), scheduled and
+#: retrying (sent when due)
 UNPUBLISHED_STATES = (JobState.PENDING, JobState.SCHEDULED, JobState.RETRYING)
 #: the start of the origin of every job a schedule fired or ran by hand (tasks.platform.selectors.schedules)
 SCHEDULE_ORIGIN_PREFIX = "beat:"
@@ -118,15 +119,7 @@ class Job(models.Model):
         default=0,
         help_text="A group's callback: how many members have yet to succeed before it is published.",
     )
-    publishing_since = models.DateTimeField(
-        "publishing since",
-        null=True,
-        blank=True,
-        editable=False,
-        help_text="When the process publishing this pending job claimed it (an enqueue, a retry, the relay): "
-        "another publisher leaves it alone until the claim expires.",
-    )
-    # One timestamp per transition: pending/scheduled at creation, then queued, started, finished.
+    # One timestamp per transition: queued or scheduled at creation, then queued, started, finished.
     # Not auto_now_add: the jobs of one enqueue call share one creation time, given by the call.
     created_at = models.DateTimeField("created at", default=timezone.now, editable=False)
     queued_at = models.DateTimeField("queued at", null=True, blank=True)
@@ -198,6 +191,30 @@ class Job(models.Model):
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+
+class JobOutbox(models.Model):
+    """A job whose message is owed: written in the transaction that makes the job runnable, deleted
+    once its message is sent. The relay sends those whose publisher failed or died (its claim freed
+    or expired). Its own narrow table, so that a sent message costs the deletion of a small row,
+    not a rewrite of the job's row and every index on it."""
+
+    job = models.OneToOneField(
+        Job, verbose_name="job", primary_key=True, on_delete=models.CASCADE, related_name="outbox"
+    )
+    claimed_at = models.DateTimeField(
+        "claimed at",
+        null=True,
+        blank=True,
+        help_text="When a publisher (an enqueue, a retry, the relay) took it: another leaves it alone "
+        "until the claim expires. Empty: its publish failed, the relay sends it.",
+    )
+
+    class Meta:
+        verbose_name = "owed message"
+
+    def __str__(self) -> str:
+        return f"message of {self.job_id} (claimed {self.claimed_at})"
 
 
 class JobAttempt(models.Model):

@@ -101,7 +101,7 @@ def job_enqueue(
     same idempotency key is returned instead). ``public_only`` (the API) refuses the tasks only
     services may enqueue, as unknown. ``after`` makes it a workflow step that waits until that
     job succeeds, ``waiting_for`` a group's callback that waits for that many members to succeed
-    (see tasks.platform.engine.workflows). When the publish fails (Redis down) the row stays ``pending``
+    (see tasks.platform.engine.workflows). When the publish fails (Redis down) the row is ``pending``
     for the relay and ``job.publish_error`` says why.
     """
     request = JobRequest(
@@ -118,8 +118,8 @@ def job_enqueue(
         if job.state == Job.State.SCHEDULED:
             raise InvalidOption("a workflow step cannot also be delayed")
         job.after, job.waiting_for = after, waiting_for
-        job.state, job.publishing_since = Job.State.WAITING, None
-    return _jobs_insert([job])[0]
+        job.state = Job.State.WAITING
+    return engine().insert([job])[0]
 
 
 def job_enqueue_chain(*, steps: Sequence[JobRequest], owner=None, origin: str = "") -> list[Job]:
@@ -166,16 +166,7 @@ def job_enqueue_many(
             raise
         job.then = then
         built.append(job)
-    return _jobs_insert(built)
-
-
-def _jobs_insert(jobs: list[Job]) -> list[Job]:
-    """The engine writes the jobs and publishes the new ones to run now after commit."""
-    with transaction.atomic():
-        jobs = engine().insert(jobs)
-        fresh = {job.pk: job for job in jobs if job.created and job.state == Job.State.PENDING}
-        engine().publish_on_commit(list(fresh.values()))
-    return jobs
+    return engine().insert(built)
 
 
 def job_payload_validate(*, task_name: str, payload: Any, public_only: bool = False) -> dict[str, Any]:
@@ -217,7 +208,8 @@ def contains_nul(value: Any) -> bool:
 
 def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool, now: datetime) -> Job:
     """Validate one request into an unsaved Job created ``now``, or raise EnqueueError naming the
-    problem. A job to run now is pending, its publish claimed by this process (tasks.platform.engine.orm)."""
+    problem. A job to run now is built ``pending``: the engine writes it queued, its message owed
+    (tasks.platform.engine.orm)."""
     data = job_payload_validate(task_name=request.task_name, payload=request.payload, public_only=public_only)
     queue = request.queue
     if queue is None:
@@ -253,7 +245,6 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool, no
         max_attempts=request.max_attempts,
         state=Job.State.SCHEDULED if delayed else Job.State.PENDING,
         run_at=now + delay if delayed else None,
-        publishing_since=None if delayed else now,
         created_at=now,
     )
     job.created, job.publish_error = True, ""
