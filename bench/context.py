@@ -35,6 +35,10 @@ class Sizes:
     backlog: int = 10_000
     critical_samples: int = 40
     cost_jobs: int = 1_000
+    #: ops.account jobs run under their concurrency limit (scenario flow)
+    flow_limited: int = 600
+    #: ops.paced jobs run under their rate (scenario flow)
+    flow_paced: int = 100
 
 
 #: `--smoke`: every scenario once, at sizes that only show it works
@@ -56,6 +60,8 @@ SMOKE = Sizes(
     backlog=200,
     critical_samples=5,
     cost_jobs=200,
+    flow_limited=60,
+    flow_paced=10,
 )
 
 

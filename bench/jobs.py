@@ -24,11 +24,11 @@ def ours_enqueue_many(count: int, owner, *, io_ms: float = 0, call_size: int = 1
         ensure_published(jobs)
 
 
-def ours_enqueue(owner, **options):
-    """One ops.noop job through job_enqueue (one message), in its own transaction."""
+def ours_enqueue(owner, task_name: str = NOOP, **options):
+    """One job (ops.noop unless told) through job_enqueue (one message), in its own transaction."""
     from tasks.platform.services.jobs import job_enqueue
 
-    job = job_enqueue(task_name=NOOP, owner=owner, origin="bench", **options)
+    job = job_enqueue(task_name=task_name, owner=owner, origin="bench", **options)
     ensure_published([job])
     return job
 

@@ -19,7 +19,11 @@ OURS_COLOUR, RAW_COLOUR = "tab:blue", "tab:gray"
 
 def write_plots(out: Path, results: Results) -> list[Path]:
     written = []
-    throughput = [f for f in results if f.unit == "jobs/s" and f.raw_runs and f.key != "drain_io.recommended"]
+    throughput = [
+        f
+        for f in results
+        if f.unit == "jobs/s" and f.baseline == "raw Celery" and f.raw_runs and f.key != "drain_io.recommended"
+    ]
     if throughput:
         written.append(throughput_bars(out / "throughput.png", throughput))
     distributions = [f for f in results if f.samples]

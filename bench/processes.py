@@ -205,6 +205,28 @@ def start_web(log_dir: Path) -> tuple[ManagedProcess, str]:
     return web, base_url
 
 
+@contextlib.contextmanager
+def relay_running(log_dir: Path) -> Iterator[ManagedProcess]:
+    """The Procfile's relay line (publishes delayed jobs when due, admits held ones), from its
+    first pass until exit."""
+    # INFO: its start-up line is how the bench knows it runs, whatever LOG_LEVEL the shell has.
+    env = {**os.environ, "LOG_LEVEL": "INFO"}
+    argv = ["sh", "-c", f"exec {procfile_command('relay')}"]
+    log_path = log_dir / f"relay-{next(_node_numbers)}.log"
+    relay = ManagedProcess(argv, env, "relay", log_path=log_path).start()
+
+    def running() -> bool:
+        if not relay.alive():
+            raise SystemExit(f"relay exited ({shlex.join(argv)}):\n{relay.log()[-3000:]}")
+        return "relay: publishing" in relay.log()
+
+    try:
+        wait_until(running, timeout=60, interval=0.1, what="the relay to start")
+        yield relay
+    finally:
+        relay.stop()
+
+
 def api_token(username: str) -> str:
     """A bearer token from the create_api_token command, as an operator makes one."""
     argv = [str(BIN_DIR / "python"), "manage.py", "create_api_token", username]

@@ -3,7 +3,7 @@
 from tasks.maintenance import admin as maintenance_admin
 from tasks.notifications import admin as notifications_admin
 from tasks.orders import admin as orders_admin
-from tasks.platform.admin import jobs, schedules
+from tasks.platform.admin import flow, jobs, schedules
 from tasks.reports import admin as reports_admin
 
-__all__ = ["jobs", "maintenance_admin", "notifications_admin", "orders_admin", "reports_admin", "schedules"]
+__all__ = ["flow", "jobs", "maintenance_admin", "notifications_admin", "orders_admin", "reports_admin", "schedules"]

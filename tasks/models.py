@@ -5,19 +5,27 @@ from tasks.notifications.models import WebhookAttempt, WebhookDelivery, WebhookE
 from tasks.orders.models import OpsAlert, Order, OrderItem, OrderStep, Product
 from tasks.platform.models import (
     ApiToken,
+    ConcurrencyOverride,
     EnqueueLimits,
+    FlowEvent,
+    FlowKey,
     Job,
     JobAction,
     JobAttempt,
     JobOutbox,
     MissedRunPolicy,
+    Pause,
+    RateOverride,
     ScheduleOptions,
 )
 from tasks.reports.models import Report
 
 __all__ = [
     "ApiToken",
+    "ConcurrencyOverride",
     "EnqueueLimits",
+    "FlowEvent",
+    "FlowKey",
     "Job",
     "JobAction",
     "JobAttempt",
@@ -27,7 +35,9 @@ __all__ = [
     "Order",
     "OrderItem",
     "OrderStep",
+    "Pause",
     "Product",
+    "RateOverride",
     "Report",
     "ScheduleOptions",
     "WebhookAttempt",

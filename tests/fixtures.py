@@ -46,6 +46,17 @@ def process_env(database_url: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def fresh_pauses_snapshot() -> Iterator[None]:
+    """Each test reads the pauses anew: a snapshot kept from another test's (rolled back) pause
+    would hold this test's jobs (tasks.platform.engine.flow keeps one per process)."""
+    from tasks.platform.engine import flow
+
+    flow.forget_pauses()
+    yield
+    flow.forget_pauses()
+
+
 @pytest.fixture
 def broker() -> redis.Redis:
     """The test Redis, emptied of messages (queue bindings are kept: producers cache them)."""
@@ -56,9 +67,9 @@ def broker() -> redis.Redis:
     return client
 
 
-def worker_argv(queue: str, node: str, concurrency: int = 1) -> list[str]:
+def worker_argv(queue: str, node: str, concurrency: int = 1, pool: str = "prefork") -> list[str]:
     return [
-        str(BIN_DIR / "celery"), "-A", "project", "worker", "-Q", queue, "-n", node,
+        str(BIN_DIR / "celery"), "-A", "project", "worker", "-Q", queue, "-n", node, "--pool", pool,
         "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip",
     ]  # fmt: skip
 
@@ -80,10 +91,12 @@ def start_worker(process_env: dict[str, str], broker: redis.Redis) -> Iterator[C
     """Start a real worker process for a queue; every one is stopped at teardown."""
     started: list[ManagedProcess] = []
 
-    def start(queue: str, *, name: str | None = None, concurrency: int = 1, env: dict | None = None) -> ManagedProcess:
+    def start(
+        queue: str, *, name: str | None = None, concurrency: int = 1, pool: str = "prefork", env: dict | None = None
+    ) -> ManagedProcess:
         node = f"{name or queue + '-test'}@{HOSTNAME}"
         environment = {**process_env, **(env or {})}
-        process = ManagedProcess(worker_argv(queue, node, concurrency), environment, node).start()
+        process = ManagedProcess(worker_argv(queue, node, concurrency, pool), environment, node).start()
         started.append(process)
         wait_for_worker(node, environment["REDIS_URL"])
         return process

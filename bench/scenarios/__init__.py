@@ -17,6 +17,7 @@ SCENARIOS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("memory", "run", None),
     "latency": ("latency", "run", None),
     "costs": ("costs", "run", None),
+    "flow": ("flow", "run", None),
 }
 
 

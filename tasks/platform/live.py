@@ -46,6 +46,7 @@ from django.views.decorators.http import require_GET
 from tasks.platform.auth import BearerToken
 from tasks.platform.models import Job
 from tasks.platform.models.jobs import FINISHED_STATES
+from tasks.platform.selectors.flow import job_blocked
 from tasks.platform.selectors.jobs import job_get_visible, jobs_visible_to
 from tasks.platform.streams import (
     QUIET_SECONDS,
@@ -278,6 +279,7 @@ def job_page(request: HttpRequest, job_id: UUID) -> HttpResponse:
     context = {
         "job": job,
         "finished": view["finished"],
+        "blocked": job_blocked(job),
         "result_json": json.dumps(job.result, indent=2, cls=DjangoJSONEncoder) if job.result is not None else "",
         "live": {
             **view,

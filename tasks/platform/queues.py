@@ -14,3 +14,12 @@ class QueueName(models.TextChoices):
 PRIORITY_HIGHEST = 0
 PRIORITY_LOWEST = 9
 PRIORITY_DEFAULT = 5
+
+
+#: seconds a worker's word that it consumes a queue lasts; its heartbeat (every 2 s) renews it
+CONSUMER_TTL_SECONDS = 10
+
+
+def consumer_key(queue: str) -> str:
+    """The Redis key that exists while some live worker consumes ``queue``."""
+    return f"platform:consumers:{queue}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 import traceback
 from collections.abc import Callable
 from datetime import datetime
@@ -21,10 +22,13 @@ from django.db import DatabaseError
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
+from tasks.platform.concurrency import CONCURRENCY, RATES, Limit, Rate
 from tasks.platform.engine import Attempt, backoff_delay, engine
 from tasks.platform.errors import PermanentError
 from tasks.platform.models import Job
 from tasks.platform.selectors.schedules import schedule_origins
+
+logger = logging.getLogger(__name__)
 
 #: name -> task, for every task enqueued through the ledger; filled by @ledger_task as the modules load
 LEDGER_TASKS: dict[str, LedgerTask] = {}
@@ -62,7 +66,8 @@ class LedgerTask(Task):
     ``backoff_max`` (seconds), ``permanent_errors`` (exception types that mean "dead at once";
     ``PermanentError`` and an invalid payload always do) and ``batch_size`` (an option of the
     decorator): for short jobs, how many first attempts of one enqueue_many
-    may travel in one message (see tasks.platform.engine.publish).
+    may travel in one message (see tasks.platform.engine.publish). ``concurrency`` (an option of
+    the decorator, a ``Limit``) caps how many of its jobs run at once (tasks.platform.concurrency).
     """
 
     payload_schema: type[BaseModel]
@@ -97,14 +102,28 @@ class LedgerTask(Task):
         except (Retry, Ignore):
             raise  # the task steers Celery itself
         except Exception as exc:
-            self._record_failure(exc, attempt)
+            try:
+                self._record_failure(exc, attempt)  # raises Retry for a retry
+            finally:
+                self._free_slot(kwargs)
             raise
         try:
             engine().succeed(job_id=request.id, attempt=attempt, result=result)
         except DatabaseError as exc:
             # The result cannot be recorded: run again once the database is back (tasks are idempotent).
             raise self._retry_through_broker(exc) from exc
+        self._free_slot(kwargs)
         return result
+
+    def _free_slot(self, payload: dict[str, Any]) -> None:
+        """A run of a task with a concurrency limit ended: the next held job of its key goes at once
+        (the relay's sweep would, a pass later)."""
+        limit = CONCURRENCY.get(self.name)
+        if limit is not None:
+            try:
+                engine().admit([(self.name, limit.key_of(payload))])
+            except DatabaseError as exc:
+                logger.warning("%s: the next held job waits for the relay's sweep (%s)", self.name, exc)
 
     def report_progress(self, percent: int, message: str = "") -> None:
         """Record how far the job is (0-100) and a short message; watchers see it live."""
@@ -168,13 +187,21 @@ class LedgerTask(Task):
 
 
 def ledger_task(
-    *, name: str, payload: type[BaseModel], public: bool = False, schedulable: bool = False, **options: Any
+    *,
+    name: str,
+    payload: type[BaseModel],
+    public: bool = False,
+    schedulable: bool = False,
+    concurrency: Limit | None = None,
+    rate: Rate | None = None,
+    **options: Any,
 ) -> Callable:
     """Declare a ledger task; the function receives the task and the validated payload model.
 
     ``public`` tasks may be enqueued by name by any API client; the others (workflow steps,
     deliveries) only by the services that own them. ``schedulable`` ones (and public ones) may be
-    put on a beat schedule in admin.
+    put on a beat schedule in admin. ``concurrency``: at most that many of its jobs run at once,
+    per key; ``rate``: at most that many start per period, per key (tasks.platform.concurrency).
     """
 
     def decorate(function: Callable[[LedgerTask, BaseModel], Any]) -> LedgerTask:
@@ -185,6 +212,17 @@ def ledger_task(
         task = shared_task(name=name, base=LedgerTask, bind=True, payload_schema=payload, **options)(run)
         LEDGER_TASKS[name] = task
         PAYLOAD_SCHEMAS[name] = payload
+        for declared in (concurrency, rate):
+            if declared is not None and declared.key is not None and declared.key not in payload.model_fields:
+                raise ValueError(f"{name}: the key {declared.key!r} is not a field of its payload")
+        if concurrency is not None and rate is not None and concurrency.key != rate.key:
+            raise ValueError(f"{name}: its concurrency limit and its rate must count by the same key")
+        if rate is not None and options.get("batch_size", 1) > 1:
+            raise ValueError(f"{name}: a task with a rate starts its jobs one by one (no batch_size)")
+        if concurrency is not None:
+            CONCURRENCY[name] = concurrency
+        if rate is not None:
+            RATES[name] = rate
         if public:
             PUBLIC_TASKS[name] = task
         if public or schedulable:

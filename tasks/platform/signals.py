@@ -1,5 +1,6 @@
-"""Worker signal handlers: database connections kept across tasks, and a message the worker
-refuses marks its ledger row dead.
+"""Worker signal handlers: database connections kept across tasks, a message the worker
+refuses marks its ledger row dead, and each heartbeat says which queues this worker consumes
+(a key per queue that expires unless renewed, read by "why isn't my job running").
 
 The refusal handlers run in the worker's main process (the consumer), where Celery rejects or
 acknowledges such a message without running it; without them the job would sit ``queued`` in the
@@ -11,14 +12,46 @@ A body the worker cannot decode has no signal: ``tasks.platform.worker.LedgerCon
 from __future__ import annotations
 
 import logging
+from functools import cache
 from typing import Any
 
-from celery.signals import task_postrun, task_prerun, task_rejected, task_unknown
+import redis
+from celery.signals import heartbeat_sent, task_postrun, task_prerun, task_rejected, task_unknown, worker_ready
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from tasks.platform.engine import engine
+from tasks.platform.queues import CONSUMER_TTL_SECONDS, consumer_key
 
 logger = logging.getLogger(__name__)
+
+#: the queues this worker process consumes, known once it is ready
+_consumed: list[str] = []
+
+
+@worker_ready.connect
+def remember_consumed_queues(sender: Any = None, **_: Any) -> None:
+    _consumed[:] = list(sender.app.amqp.queues.consume_from)
+    announce_consumed_queues()
+
+
+@cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+
+
+@heartbeat_sent.connect
+def announce_consumed_queues(**_: Any) -> None:
+    """This worker is alive and consumes its queues: their keys live CONSUMER_TTL_SECONDS more."""
+    if not _consumed:
+        return
+    try:
+        with _redis().pipeline(transaction=False) as pipeline:
+            for queue in _consumed:
+                pipeline.set(consumer_key(queue), "1", ex=CONSUMER_TTL_SECONDS)
+            pipeline.execute()
+    except redis.RedisError as exc:
+        logger.warning("queues consumed not announced: %s", exc)
 
 
 @task_prerun.connect

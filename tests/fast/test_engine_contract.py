@@ -14,7 +14,7 @@ from django.utils import timezone
 from uuid_utils.compat import uuid7
 
 from tasks.models import Job
-from tasks.platform.engine import Attempt
+from tasks.platform.engine import Attempt, flow
 from tasks.platform.engine.orm import PUBLISH_CLAIM
 from tasks.platform.engine.postgres import PostgresEngine
 from tests.fast.conftest import (
@@ -359,6 +359,7 @@ def test_the_postgres_engine_takes_its_one_statement_paths(engine):
     """So the contract above holds those paths, not only the reference ones they fall back to."""
     if not isinstance(engine, PostgresEngine):
         pytest.skip("the PostgreSQL engine's own paths")
+    flow.pauses()  # this process's snapshot of the pauses, read once a second, not per insert
     jobs = [built(), built()]
     with CaptureQueriesContext(connection) as inserted:
         engine.insert(jobs)

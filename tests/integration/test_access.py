@@ -120,6 +120,9 @@ OWN_OBJECT = {
 # A succeeded job cannot be retried or cancelled, a confirmed order cannot be cancelled: 409 shows
 # the caller got past the access check to the service. A viewer sees it but may not change it.
 OWN_ACTION = {**OWN_OBJECT, "owner": 409, "viewer": 403, "superuser": 409}
+# Pausing and resuming hold everyone's jobs: staff with tasks.add_pause / tasks.delete_pause, which
+# of these roles only the superuser has.
+FLOW_CONTROL = {"anonymous": 401} | dict.fromkeys(USERS, 403) | {"superuser": 200}
 
 #: url_name -> the status each role gets
 API_EXPECTED = {
@@ -130,6 +133,11 @@ API_EXPECTED = {
     "job_retry": OWN_ACTION,
     "job_cancel": OWN_ACTION,
     "queue_list": LISTED,
+    "queue_pause": FLOW_CONTROL,
+    "queue_resume": FLOW_CONTROL,
+    "task_pause": FLOW_CONTROL,
+    "task_resume": FLOW_CONTROL,
+    "pause_list": LISTED,
     "order_create": CREATED,
     "order_list": LISTED,
     "order_get": OWN_OBJECT,
@@ -161,8 +169,13 @@ def test_every_api_endpoint_has_expected_outcomes():
     )
 
 
+#: the queue or task a flow endpoint's path names
+FLOW_NAMES = {"queues": "critical", "tasks": "ops.ping"}
+
+
 def _fill(template: str, things: dict) -> str:
-    return re.sub(r"\{(\w+)_id\}", lambda m: str(things[m[1]].pk), template)
+    path = re.sub(r"\{(\w+)_id\}", lambda m: str(things[m[1]].pk), template)
+    return re.sub(r"/(queues|tasks)/\{name\}/", lambda m: f"/{m[1]}/{FLOW_NAMES[m[1]]}/", path)
 
 
 @pytest.mark.parametrize(("method", "template", "url_name"), api_operations(), ids=lambda v: str(v))

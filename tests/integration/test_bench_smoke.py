@@ -29,10 +29,15 @@ EXPECTED_FIGURES = {
     "costs.redis_batched",
     "costs.db_single",
     "costs.db_batched",
+    "flow.limit_running",
+    "flow.limit_drain",
+    "flow.rate",
+    "flow.rate_busiest_second",
+    "flow.limit_cost",
 }
 
 
-# A smoke run takes about a minute on an idle 2-core machine; the limit leaves room for a busy one.
+# A smoke run takes about a minute and a half on an idle 2-core machine; the limit leaves room for a busy one.
 @pytest.mark.timeout(240)
 def test_smoke_run_writes_every_figure_and_plot(tmp_path):
     out = tmp_path / "results"

@@ -6,6 +6,7 @@ from django.contrib.auth.admin import UserAdmin
 from tasks.platform.admin.actions import apply_each
 from tasks.platform.models import ApiToken, EnqueueLimits, Job, JobAction, JobAttempt
 from tasks.platform.queues import QueueName
+from tasks.platform.selectors.flow import job_blocked
 from tasks.platform.services.recovery import job_cancel, job_discard, job_retry
 
 
@@ -29,6 +30,14 @@ class JobActionInline(admin.TabularInline):
         return False
 
 
+def _ledger_fields_with_why() -> list[str]:
+    """Every field of the job (held_reason and flow_key too), read-only, and "why not running"
+    right after the state."""
+    names = [field.name for field in Job._meta.fields]
+    after_state = names.index("state") + 1
+    return [*names[:after_state], "why_not_running", *names[after_state:]]
+
+
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = (
@@ -40,7 +49,7 @@ class JobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
     # The ledger is written by the platform; admins read it (retry and cancel come as actions).
-    readonly_fields = [f.name for f in Job._meta.fields]
+    readonly_fields = _ledger_fields_with_why()
     inlines = [JobAttemptInline, JobActionInline]
     actions = ["retry_jobs", "cancel_jobs", "discard_jobs"]
 
@@ -61,6 +70,11 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    @admin.display(description="why not running")
+    def why_not_running(self, job: Job) -> str:
+        blocked = job_blocked(job)
+        return "—" if blocked is None else f"{blocked.code}: {blocked.message}"
 
 
 class EnqueueLimitsForm(forms.ModelForm):

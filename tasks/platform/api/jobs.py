@@ -24,6 +24,7 @@ from tasks.platform.permissions import has_staff_scope
 from tasks.platform.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.platform.registry import PAYLOAD_SCHEMAS, PUBLIC_TASKS, TASK_AUDIENCES
 from tasks.platform.selectors import jobs as job_selectors
+from tasks.platform.selectors.flow import job_blocked
 from tasks.platform.selectors.queues import queue_overview
 from tasks.platform.services.allowances import enqueue_admit, job_requests_authorize
 from tasks.platform.services.jobs import MAX_ATTEMPTS_LIMIT, MAX_DELAY, job_enqueue, job_enqueue_many
@@ -131,6 +132,13 @@ class BatchNotPublished(BatchAccepted):
     code: str
 
 
+class BlockedOut(Schema):
+    code: str = Field(
+        description="paused, concurrency, scheduled, workflow, unpublished or no_worker.",
+    )
+    message: str = Field(description="One sentence: what holds the job, and until when or by whom.")
+
+
 class JobOut(Schema):
     id: UUID
     task: str = Field(alias="task_name")
@@ -151,6 +159,12 @@ class JobOut(Schema):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    blocked: BlockedOut | None = Field(
+        None,
+        description="Why the job does not run now (its queue or task paused, its concurrency limit, "
+        "a delay, ...); null when it runs, ran, or nothing holds it. Only GET /api/jobs/<id> fills it "
+        "(it costs queries); always null in GET /api/jobs.",
+    )
 
 
 #: what a task's name is made of (dotted words); a NUL could not even be compared with the column
@@ -275,8 +289,12 @@ def job_list(request: HttpRequest, filters: Query[JobFilters]):
 
 @api.get("/jobs/{job_id}", response={200: JobOut, 401: Error, 404: Error}, url_name="job_get")
 def job_get(request: HttpRequest, job_id: UUID):
-    """The job; another user's job answers 404, as a missing one does."""
-    return job_selectors.job_get_visible(user=request.user, job_id=job_id)
+    """The job, with why it does not run now (``blocked``); another user's job answers 404, as a
+    missing one does."""
+    job = job_selectors.job_get_visible(user=request.user, job_id=job_id)
+    blocked = job_blocked(job)
+    job.blocked = None if blocked is None else blocked.as_dict()  # read by JobOut; the list leaves it unset
+    return job
 
 
 def _job_to_act_on(request: HttpRequest, job_id: UUID) -> Job:

@@ -24,7 +24,7 @@ import json
 import logging
 import operator
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,11 +36,13 @@ from django.db import transaction
 from django.db.models import Case, F, JSONField, Q, QuerySet, Value, When
 from django.utils import timezone
 
+from tasks.platform.concurrency import RATES
+from tasks.platform.engine import flow
 from tasks.platform.engine import publish as messages
 from tasks.platform.engine.events import job_event_publish, job_events_publish
 from tasks.platform.engine.workflows import steps_rearmed, steps_released, steps_stopped, with_next_steps
-from tasks.platform.models import Job, JobAction, JobAttempt, JobOutbox
-from tasks.platform.models.jobs import FINISHED_STATES, RETRYABLE_STATES
+from tasks.platform.models import FlowEvent, Job, JobAction, JobAttempt, JobOutbox, Pause, PauseScope
+from tasks.platform.models.jobs import FINISHED_STATES, RETRYABLE_STATES, HeldReason
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +109,8 @@ class OrmEngine:
         returned in its place with ``created`` False. Precondition: unsaved jobs, built by the
         enqueue service."""
         runnable = [job for job in jobs if job.state == Job.State.PENDING]
-        for job in runnable:
-            job.state, job.queued_at = Job.State.QUEUED, job.created_at
+        for job in flow.gate(runnable):
+            job.queued_at = job.created_at
         keyed = {}
         for job in jobs:
             if job.idempotency_key is not None:
@@ -120,9 +122,12 @@ class OrmEngine:
                 runnable = [job for job in runnable if id(job) in written]
             else:
                 self._insert_rows(jobs)
-            if runnable:
-                self._owe([job.pk for job in runnable], claimed_at=timezone.now())
-                self.publish_on_commit(runnable)
+            queued = [job for job in runnable if job.state == Job.State.QUEUED]
+            if queued:
+                self._owe([job.pk for job in queued], claimed_at=timezone.now())
+                self.publish_on_commit(queued)
+            if keys := flow.limited_keys(runnable):
+                transaction.on_commit(partial(self.admit, keys))
         return jobs
 
     def _insert_keyed(self, jobs: list[Job], keyed: dict[tuple, Job]) -> list[Job]:
@@ -195,7 +200,7 @@ class OrmEngine:
             owed = list(
                 JobOutbox.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(free)
-                .order_by("job__created_at")
+                .order_by("job__created_at", "job_id")
                 .values_list("job_id", flat=True)[:limit]
             )
             # Jobs before outbox rows is every other writer's order: this claim, which took the
@@ -209,28 +214,100 @@ class OrmEngine:
             due = list(
                 Job.objects.select_for_update(skip_locked=True)
                 .filter(state__in=[Job.State.SCHEDULED, Job.State.RETRYING], run_at__lte=now)
-                .order_by("run_at")
-                .values_list("pk", flat=True)[: max(limit - len(sendable), 0)]
+                .order_by("run_at")[: max(limit - len(sendable), 0)]
             )
             Job.objects.filter(pk__in=sendable, state=Job.State.PENDING).update(state=Job.State.QUEUED, queued_at=now)
-            Job.objects.filter(pk__in=due).update(state=Job.State.QUEUED, queued_at=now)
             JobOutbox.objects.filter(job_id__in=sendable).update(claimed_at=now)
-            self._owe(due, claimed_at=now)
-            jobs = list(Job.objects.filter(pk__in=[*sendable, *due]).order_by("created_at"))
+            due = self._gated(due, now=now, claimed_at=now)
+            jobs = list(Job.objects.filter(pk__in=[*sendable, *(job.pk for job in due)]).order_by("created_at", "pk"))
         for job in jobs:
             job.publish_error = ""
         return jobs
 
     def _publish_again(self, jobs: list[Job], *, alone: bool = False) -> None:
-        """In the caller's transaction, rows locked: queued again, their messages owed, claimed by
-        this process and sent after the commit."""
+        """In the caller's transaction, rows locked: through the gate again (``_gated``), the
+        queued ones claimed by this process and sent after the commit."""
         now = timezone.now()
-        ids = [job.pk for job in jobs]
-        Job.objects.filter(pk__in=ids).update(state=Job.State.QUEUED, queued_at=now)
-        self._owe(ids, claimed_at=now)
         for job in jobs:
-            job.state, job.queued_at, job.publish_error = Job.State.QUEUED, now, ""
-        self.publish_on_commit(jobs, alone=alone)
+            job.publish_error = ""
+        self.publish_on_commit(self._gated(jobs, now=now, claimed_at=now), alone=alone)
+
+    def _gated(self, jobs: list[Job], *, now: datetime, claimed_at: datetime | None) -> list[Job]:
+        """In the caller's transaction, rows locked: jobs to go to their queue again pass the gate
+        (tasks.platform.engine.flow): the queued ones get their messages owed (claimed at
+        ``claimed_at``; None: for the relay) and are returned; held ones are admitted after the
+        commit when a slot is free."""
+        queued = flow.gate(jobs)
+        for job in queued:
+            job.queued_at = now
+        outcomes = defaultdict(list)  # one UPDATE per outcome: a resume may release thousands alike
+        for job in jobs:
+            outcomes[job.state, job.held_reason, job.flow_key, job.queued_at].append(job.pk)
+        for (state, held_reason, flow_key, queued_at), ids in outcomes.items():
+            Job.objects.filter(pk__in=ids).update(
+                state=state, held_reason=held_reason, flow_key=flow_key, queued_at=queued_at
+            )
+        if queued:
+            self._owe([job.pk for job in queued], claimed_at=claimed_at)
+        if keys := flow.limited_keys(jobs):
+            transaction.on_commit(partial(self.admit, keys))
+        return queued
+
+    # -- flow control ---------------------------------------------------------------------------
+
+    def admit(self, keys: Iterable[tuple[str, str]]) -> int:
+        """Held jobs of these (task, key)s go into their keys' free slots (tasks.platform.engine.flow),
+        each key in its own transaction, and are published; how many."""
+        now = timezone.now()
+        admitted = 0
+        for task_name, key in sorted(keys):
+            with transaction.atomic():
+                jobs = flow.admissible(task_name, key, now)
+                if jobs:
+                    self._owe([job.pk for job in jobs], claimed_at=now)
+                    self.publish_on_commit(jobs)
+            admitted += len(jobs)
+        return admitted
+
+    def admit_waiting(self, *, limit: int) -> int:
+        """The relay's sweep: every key with held jobs and a free slot admits them, and jobs held
+        for a pause that no longer exists pass the gate again (sent by the relay); how many."""
+        admitted = self.admit(flow.waiting_keys())
+        with transaction.atomic():
+            freed = flow.unpaused(limit=limit)
+            self._gated(list(freed), now=timezone.now(), claimed_at=None)
+        return admitted + len(freed)
+
+    def pause(self, *, scope: str, name: str, by=None, via: str) -> Pause:
+        """Pause a queue or a task: none of its jobs starts from now (the workers hold any they
+        receive), new ones wait held; running ones finish. Recorded as who did it and where;
+        pausing what is paused keeps the first pause."""
+        with transaction.atomic():
+            pause, created = Pause.objects.get_or_create(scope=scope, name=name, defaults={"by": by, "via": via})
+            if created:
+                FlowEvent.objects.create(action=FlowEvent.Action.PAUSED, scope=scope, name=name, by=by, via=via)
+        flow.forget_pauses()
+        return pause
+
+    def resume(self, *, scope: str, name: str, by=None, via: str) -> int:
+        """Resume a paused queue or task: its held jobs pass the gate again, in their order, and
+        the relay sends them (a job still paused by its other scope stays held). Recorded as who
+        did it and where; how many jobs were held (0 when it was not paused)."""
+        with transaction.atomic():
+            if not Pause.objects.filter(scope=scope, name=name).delete()[0]:
+                return 0
+            FlowEvent.objects.create(action=FlowEvent.Action.RESUMED, scope=scope, name=name, by=by, via=via)
+            flow.forget_pauses()
+            field = "queue" if scope == PauseScope.QUEUE else "task_name"
+            held = _locked(
+                Job.objects.filter(state=Job.State.HELD, held_reason=HeldReason.PAUSED, **{field: name}).values_list(
+                    "pk", flat=True
+                )
+            )
+            jobs = list(held)
+            self._gated(jobs, now=timezone.now(), claimed_at=None)
+        flow.forget_pauses()
+        return len(jobs)
 
     # -- a worker's run -------------------------------------------------------------------------
 
@@ -247,7 +324,8 @@ class OrmEngine:
         max_worker_losses: int,
     ) -> Attempt | None:
         """Start a job that is not finished and open its attempt; None means do not run (finished,
-        cancelled, or dead now because its workers kept dying). A job found started lost its
+        cancelled, held, dead now because its workers kept dying, held now because its queue or
+        task is paused, or scheduled for its turn under its task's rate). A job found started lost its
         worker: that attempt is closed as lost first. A message without a row (another producer)
         gets its row here, so the ledger knows every job that ran."""
         now = timezone.now()
@@ -257,13 +335,24 @@ class OrmEngine:
                 row = Job(id=job_id, task_name=task_name, queue=queue, payload=payload, origin=origin, queued_at=now)
                 Job.objects.bulk_create([row], ignore_conflicts=True)  # a concurrent insert of it wins
                 job = with_next_steps(Job.objects.select_for_update().filter(pk=job_id)).get()
-            if job.state in FINISHED_STATES:
+            if job.state in FINISHED_STATES or job.state == Job.State.HELD:
                 return None
             if job.state == Job.State.STARTED and self._close_lost_attempts([job], now=now, limit=max_worker_losses):
                 return None
+            if flow.paused_by(queue=queue or job.queue, task_name=job.task_name) is not None:
+                # Sent before its queue or task was paused: it waits, held, and costs no attempt.
+                job.state, job.held_reason = Job.State.HELD, HeldReason.PAUSED
+                job.save(update_fields=["state", "held_reason"])
+                return None
+            if job.task_name in RATES and (turn := flow.rate_turn(job, now)) is not None:
+                # Over its task's rate: it waits for its turn, scheduled, and costs no attempt.
+                job.state, job.run_at, job.held_reason = Job.State.SCHEDULED, turn, HeldReason.RATE
+                job.save(update_fields=["state", "run_at", "held_reason"])
+                return None
             job.attempts += 1
             job.state, job.started_at, job.worker, job.queue = Job.State.STARTED, now, worker, queue or job.queue
-            job.save(update_fields=["attempts", "state", "started_at", "worker", "queue"])
+            job.held_reason = ""
+            job.save(update_fields=["attempts", "state", "started_at", "worker", "queue", "held_reason"])
             JobAttempt.objects.create(job=job, number=job.attempts, worker=worker, started_at=now)
         job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
         return Attempt.started(job, max_attempts=max_attempts)
@@ -283,7 +372,13 @@ class OrmEngine:
                 self._close_lost_attempts(lost, now=now, limit=max_worker_losses)
                 self._publish_again([job for job in jobs if job.state not in FINISHED_STATES], alone=True)
                 return {}
-            runnable = [row for row in rows if row.state not in FINISHED_STATES]
+            runnable = [row for row in rows if row.state not in FINISHED_STATES and row.state != Job.State.HELD]
+            task_name = Job.objects.filter(pk__in=job_ids).values_list("task_name", flat=True).first()
+            if runnable and flow.paused_by(queue=queue, task_name=task_name) is not None:
+                Job.objects.filter(pk__in=[row.pk for row in runnable]).update(
+                    state=Job.State.HELD, held_reason=HeldReason.PAUSED
+                )
+                return {}
             Job.objects.filter(pk__in=[row.pk for row in runnable]).update(
                 state=Job.State.STARTED, attempts=F("attempts") + 1, started_at=now, worker=worker, queue=queue
             )

@@ -2,12 +2,13 @@
 
 - ``insert`` of many jobs without idempotency keys uses COPY, PostgreSQL's cheapest way to add
   rows; psycopg adapts each row's values in C, where ``bulk_create`` prepares each field in Python.
-  Their outbox rows are one statement over an array of ids. One job to run now, without a key, is
-  one statement with its outbox row (outside a transaction: no BEGIN and COMMIT round trips).
+  Their outbox rows are one statement over an array of ids. One job to run now, without a key, that
+  the flow gate queues at once is one statement with its outbox row (outside a transaction: no
+  BEGIN and COMMIT round trips).
 - ``publish`` deletes the outbox rows of the messages it sent in one statement.
-- ``begin_attempt`` of a job neither started nor finished, and ``succeed`` of a job no workflow
-  waits for, are each one statement (data-modifying CTEs). Every other case takes the reference
-  path.
+- ``begin_attempt`` of a job neither started, held nor finished, whose queue and task are not
+  paused, and ``succeed`` of a job no workflow waits for, are each one statement (data-modifying
+  CTEs). Every other case takes the reference path.
 
 The contract tests (tests/fast) run both engines through the same transitions.
 """
@@ -22,14 +23,17 @@ from django.db import connection
 from django.db.models import JSONField
 from django.utils import timezone
 
+from tasks.platform.concurrency import RATES
+from tasks.platform.engine import flow
 from tasks.platform.engine.events import job_event_publish
 from tasks.platform.engine.orm import Attempt, OrmEngine
-from tasks.platform.models import Job, JobAttempt, JobOutbox
+from tasks.platform.models import Job, JobAttempt, JobOutbox, Pause, PauseScope
 from tasks.platform.models.jobs import FINISHED_STATES
 
 _JOB = Job._meta.db_table
 _ATTEMPT = JobAttempt._meta.db_table
 _OUTBOX = JobOutbox._meta.db_table
+_PAUSE = Pause._meta.db_table
 
 _PUBLISHED = f"DELETE FROM {_OUTBOX} WHERE job_id = ANY(%s)"  # noqa: S608 - table name from the model
 
@@ -42,7 +46,11 @@ _BEGIN = f"""
 WITH started AS (
     UPDATE {_JOB} SET attempts = attempts + 1, state = %(started)s, started_at = %(now)s,
         worker = %(worker)s, queue = COALESCE(NULLIF(%(queue)s, ''), queue)
-    WHERE id = %(id)s AND NOT state = ANY(%(not_startable)s)
+    WHERE id = %(id)s AND NOT state = ANY(%(not_startable)s) AND NOT EXISTS (
+        SELECT 1 FROM {_PAUSE} pause
+        WHERE (pause.scope = %(queue_scope)s AND pause.name = COALESCE(NULLIF(%(queue)s, ''), {_JOB}.queue))
+            OR (pause.scope = %(task_scope)s AND pause.name = {_JOB}.task_name)
+    )
     RETURNING id, attempts, attempts_before_retry, max_attempts, then_id,
         EXISTS (SELECT 1 FROM {_JOB} step WHERE step.after_id = {_JOB}.id AND step.state = %(waiting)s) AS has_next
 ), opened AS (
@@ -76,6 +84,8 @@ class PostgresEngine(OrmEngine):
         job = jobs[0] if len(jobs) == 1 else None
         if job is None or job.idempotency_key is not None or job.state != Job.State.PENDING:
             return super().insert(jobs)
+        if not flow.admits_at_once(job):
+            return super().insert(jobs)
         job.state, job.queued_at = Job.State.QUEUED, job.created_at
         values = [encode(getattr(job, attname)) for attname, encode in _fields()]
         with connection.cursor() as cursor:
@@ -107,8 +117,15 @@ class PostgresEngine(OrmEngine):
         with connection.cursor() as cursor:
             cursor.execute(_OWE, {"ids": ids, "claimed_at": claimed_at})
 
-    def begin_attempt(self, *, job_id: str, queue: str, worker: str, max_attempts: int, **rest: Any) -> Attempt | None:
-        # A job started already (its worker may be lost), finished, or without a row: the reference path.
+    def begin_attempt(
+        self, *, job_id: str, task_name: str, queue: str, worker: str, max_attempts: int, **rest: Any
+    ) -> Attempt | None:
+        # A job started already (its worker may be lost), finished, held or paused, of a task with a
+        # rate, or without a row: the reference path.
+        if task_name in RATES:
+            return super().begin_attempt(
+                job_id=job_id, task_name=task_name, queue=queue, worker=worker, max_attempts=max_attempts, **rest
+            )
         with connection.cursor() as cursor:
             cursor.execute(
                 _BEGIN,
@@ -120,12 +137,16 @@ class PostgresEngine(OrmEngine):
                     "started": Job.State.STARTED,
                     "waiting": Job.State.WAITING,
                     "running": JobAttempt.Outcome.RUNNING,
-                    "not_startable": sorted({Job.State.STARTED, *FINISHED_STATES}),
+                    "not_startable": sorted({Job.State.STARTED, Job.State.HELD, *FINISHED_STATES}),
+                    "queue_scope": PauseScope.QUEUE,
+                    "task_scope": PauseScope.TASK,
                 },
             )
             row = cursor.fetchone()
         if row is None:
-            return super().begin_attempt(job_id=job_id, queue=queue, worker=worker, max_attempts=max_attempts, **rest)
+            return super().begin_attempt(
+                job_id=job_id, task_name=task_name, queue=queue, worker=worker, max_attempts=max_attempts, **rest
+            )
         job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
         return Attempt.started(_StartedRow(*row), max_attempts=max_attempts)
 

@@ -1,5 +1,5 @@
 """Flower handlers of the platform: retry and revoke (API and task page), the ledger view of a task,
-dead letters.
+dead letters, and pause / resume of queues (broker page) and tasks (task page).
 
 Every handler subclasses Flower's, so Flower's basic auth, its cross-site check on POST (Fetch
 metadata / Origin: a browser holding the basic-auth credentials cannot be made to post from another
@@ -7,7 +7,10 @@ site) and its read-only mode apply. Retry and discard go through the platform's 
 service (tasks.platform.services.recovery), which replays the arguments stored in the ledger at enqueue,
 never Flower's truncated reprs. Revoke (the task page's Revoke and Terminate buttons) is the same
 service's cancel, recorded in the ledger, so a retry undoes it: Celery's revoke would make every
-worker drop any later message with that id, a retry's included, for hours.
+worker drop any later message with that id, a retry's included, for hours. Pause and resume go
+through the flow service (tasks.platform.services.flow), as from every other door, recorded via
+"flower"; they are authorized exactly as retry and dead letters: any basic-auth user, not in
+read-only mode, same-site posts only.
 
 The ORM is synchronous: every ledger call runs in Flower's thread pool (``in_thread``), so the
 event loop that serves Flower's pages and receives Celery events never waits for the database.
@@ -31,13 +34,17 @@ from django.utils import timezone
 # Private API (Flower): Flower documents no Python API; its handlers are subclassed for its auth, XSRF check, read-only.
 from flower.api import BaseApiHandler
 from flower.views import BaseHandler
+from flower.views.broker import BrokerView
 from flower.views.monitor import Metrics
 from flower.views.tasks import TaskView
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from tasks.platform.models import Job
+from tasks.platform.models import Job, Pause, PauseScope
 from tasks.platform.models.jobs import RETRYABLE_STATES
+from tasks.platform.queues import QueueName
+from tasks.platform.selectors.flow import job_blocked
+from tasks.platform.services.flow import UnknownTarget, flow_pause, flow_resume
 from tasks.platform.services.recovery import ActionRefused, job_cancel, job_discard, job_retry
 
 logger = logging.getLogger(__name__)
@@ -240,21 +247,134 @@ class TaskLedgerApi(JsonApiHandler):
         self.answer(200, {**view, "url": self.reverse_url("task", view["task_id"])})
 
 
+# --- flow control: pause and resume ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowTarget:
+    """A queue or a task as the pause buttons show it: paused or not, and by whom since when."""
+
+    scope: str
+    name: str
+    paused: bool
+    note: str = ""
+
+
+def _flow_target(scope: str, name: str, pause: Pause | None) -> FlowTarget:
+    if pause is None:
+        return FlowTarget(scope, name, paused=False)
+    by = pause.by.get_username() if pause.by else "the system"
+    return FlowTarget(scope, name, paused=True, note=f"by {by} via {pause.via} since {pause.at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+def queues_flow() -> list[FlowTarget]:
+    """The platform's queues, each paused or not."""
+    pauses = {pause.name: pause for pause in Pause.objects.select_related("by").filter(scope=PauseScope.QUEUE)}
+    return [_flow_target(PauseScope.QUEUE, name, pauses.get(name)) for name in QueueName.values]
+
+
+def task_page_ledger(*, job_id: uuid.UUID | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The ledger view of the task page's job, and its flow: why it is not running (None when
+    nothing holds it) and whether its task is paused."""
+    job = Job.objects.filter(pk=job_id).first() if job_id else None
+    if job is None:
+        return None, None
+    blocked = job_blocked(job)
+    pause = Pause.objects.select_related("by").filter(scope=PauseScope.TASK, name=job.task_name).first()
+    flow = {
+        "blocked": blocked.as_dict() if blocked else None,
+        "task": _flow_target(PauseScope.TASK, job.task_name, pause),
+    }
+    return _ledger_view(job), flow
+
+
+def flow_apply(*, action: str, scope: str, name: str) -> int:
+    """Pause or resume through the flow service (UnknownTarget for no such queue or task); how many
+    held jobs a resume released."""
+    if action == "pause":
+        flow_pause(scope=scope, name=name, by=None, via=VIA)
+        return 0
+    return flow_resume(scope=scope, name=name, by=None, via=VIA)
+
+
+def flow_notice(handler: web.RequestHandler) -> str:
+    """The outcome of the last pause or resume, from the redirect's query (a fixed word and a
+    number, never free text)."""
+    outcome = handler.get_query_argument("flow", "")
+    if outcome == "paused":
+        return "Paused: its jobs wait, held, until it is resumed; running ones finish."
+    if outcome == "resumed":
+        try:
+            released = int(handler.get_query_argument("released", "0"))
+        except ValueError:
+            released = 0
+        return f"Resumed: {_plural(released, 'held job')} released to their queue."
+    return ""
+
+
+class FlowView(PlatformHandlerMixin, BaseHandler):
+    """Pause or resume a queue (the broker page's buttons) or a task (the task page's), then back
+    to the page the button was on."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        self.refuse_if_read_only()
+        action = self.get_body_argument("action", "")
+        if action not in ("pause", "resume"):
+            raise web.HTTPError(400, "unknown action: pause or resume")
+        scope, name = self.get_body_argument("scope", ""), self.get_body_argument("name", "")
+        try:
+            released = await in_thread(flow_apply, action=action, scope=scope, name=name)
+        except UnknownTarget as exc:
+            raise web.HTTPError(404, str(exc)) from None
+        logger.info("%s %s %sd via Flower by %s", scope, name, action, self.acting_user())
+        # Back to the task page the button was on (a job id, checked), else to the broker page.
+        task_id = _job_id(self.get_body_argument("task_id", ""))
+        back = self.reverse_url("task", str(task_id)) if task_id else self.reverse_url("broker")
+        outcome = {"flow": "paused" if action == "pause" else "resumed", "released": released}
+        self.redirect(f"{back}?{urlencode(outcome)}", status=303)
+
+
+# Private API (Flower): its broker page renders "broker.html" from get(); nothing public adds to that page.
+class PlatformBrokerView(BrokerView):
+    """Flower's broker page, with a Pause or Resume button for each of the platform's queues."""
+
+    _queues_flow: list[FlowTarget] | None = None
+
+    @web.authenticated
+    async def get(self) -> None:
+        self._queues_flow = await in_thread(queues_flow)
+        await super().get()
+
+    def render(self, template_name: str, **kwargs: Any) -> None:
+        if template_name == "broker.html":
+            template_name = "platform/broker.html"
+            kwargs["queues_flow"] = self._queues_flow or []
+            kwargs["flow_notice"] = flow_notice(self)
+            # Private API (Flower): its application's options are the only record of its read-only mode.
+            kwargs["read_only"] = self.application.options.read_only
+        super().render(template_name, **kwargs)
+
+
 # Private API (Flower): its task page renders "task.html" from get(); nothing public adds to that page.
 class PlatformTaskView(TaskView):
-    """Flower's task page, rendered through a template that extends Flower's with the ledger panel."""
+    """Flower's task page, rendered through a template that extends Flower's with the ledger panel:
+    the job's ledger state, Retry, why it is not running, and Pause / Resume of its task."""
 
     _ledger: dict[str, Any] | None = None
+    _flow: dict[str, Any] | None = None
 
     @web.authenticated
     async def get(self, task_id: str) -> None:
-        self._ledger = await in_thread(ledger_job, job_id=_job_id(task_id))
+        self._ledger, self._flow = await in_thread(task_page_ledger, job_id=_job_id(task_id))
         super().get(task_id)
 
     def render(self, template_name: str, **kwargs: Any) -> None:
         if template_name == "task.html":
             template_name = "platform/task.html"
             kwargs["ledger"] = self._ledger
+            kwargs["flow"] = self._flow
+            kwargs["flow_notice"] = flow_notice(self)
         super().render(template_name, **kwargs)
 
 
@@ -393,6 +513,8 @@ def platform_handlers() -> list:
         web.url(r"/api/task/revoke/(.+)", TaskRevokeApi, name="platform_task_revoke"),
         web.url(r"/api/task/ledger/(.+)", TaskLedgerApi, name="platform_task_ledger"),
         web.url(r"/task/(.+)", PlatformTaskView, name="platform_task"),
+        web.url(r"/broker", PlatformBrokerView, name="platform_broker"),
+        web.url(r"/flow", FlowView, name="platform_flow"),
         web.url(r"/dead-letters", DeadLettersView, name="platform_dead_letters"),
         *((rf"/api/task/{route}/(.+)", TaskSendRefused) for route in ("apply", "async-apply", "send-task")),
         (r"/metrics", PlatformMetrics),

@@ -6,11 +6,12 @@ How it extends Flower without forking it:
   and the command line, in Flower's documented order.
 - Handlers: ``PlatformFlower`` is Flower's Tornado application; the platform's handlers are added
   with Tornado's ``add_handlers``, which puts them in front of Flower's (and its catch-all 404), so
-  ``/task/<id>`` and ``/metrics`` are Flower's handlers subclassed, and the new paths are new.
-- Templates: a loader that looks in ``tasks/flower/templates`` first and then in Flower's. A name
-  prefixed ``flower/`` always means Flower's own file, so an override wraps the original instead of
-  copying it (``navbar.html`` renders Flower's navbar and adds one link; ``platform/task.html``
-  extends Flower's ``task.html``).
+  ``/task/<id>``, ``/broker`` and ``/metrics`` are Flower's handlers subclassed, and the new paths
+  are new.
+- Templates: a loader that looks in ``tasks/platform/flower/templates`` first and then in Flower's.
+  A name prefixed ``flower/`` always means Flower's own file, so an override wraps the original
+  instead of copying it (``navbar.html`` renders Flower's navbar and adds one link;
+  ``platform/task.html`` and ``platform/broker.html`` extend Flower's ``task.html`` and ``broker.html``).
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     port = flower.start_http_server()
     command.print_banner(celery_app, "ssl_options" in settings, port)
     logger.info(
-        "platform additions: retry at /api/task/retry/<id>, dead letters at /dead-letters; state file %s",
+        "platform additions: retry at /api/task/retry/<id>, dead letters at /dead-letters, pause and resume "
+        "on the broker and task pages; state file %s",
         options.db if options.persistent else "(persistence off)",
     )
     with contextlib.suppress(KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM via Flower's handler

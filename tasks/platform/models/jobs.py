@@ -12,6 +12,7 @@ from tasks.platform.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_L
 class JobState(models.TextChoices):
     WAITING = "waiting", "Waiting (for an earlier step of its workflow)"
     PENDING = "pending", "Pending (its publish failed; the relay sends it)"
+    HELD = "held", "Held (its queue or task is paused, or its key is at its concurrency limit)"
     SCHEDULED = "scheduled", "Scheduled (delayed)"
     QUEUED = "queued", "Queued"
     STARTED = "started", "Started"
@@ -33,6 +34,17 @@ SCHEDULE_ORIGIN_PREFIX = "beat:"
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 #: states of a job that holds a place in its owner's cap of active jobs (every one not finished)
 ACTIVE_STATES = tuple(state for state in JobState if state not in FINISHED_STATES)
+#: states of a job that holds one of its key's concurrency slots: admitted, not yet ended
+SLOT_STATES = (JobState.PENDING, JobState.QUEUED, JobState.STARTED)
+
+
+class HeldReason(models.TextChoices):
+    """Why a held job waits; the engine writes it with the state, and admits the job when it clears."""
+
+    PAUSED = "paused", "Its queue or task is paused"
+    CONCURRENCY = "concurrency", "Its key is at its concurrency limit"
+    #: of a scheduled job: its start waits for its turn under its task's rate (no attempt is used)
+    RATE = "rate", "Its turn under its task's rate"
 
 
 class Job(models.Model):
@@ -64,6 +76,19 @@ class Job(models.Model):
         "attempts before the last manual retry",
         default=0,
         help_text="A manual retry gives the job a fresh budget: attempts beyond this count.",
+    )
+    held_reason = models.CharField(
+        "held because",
+        max_length=16,
+        choices=HeldReason.choices,
+        blank=True,
+        help_text="Of a held job; of a scheduled one, rate: its turn under its task's rate.",
+    )
+    flow_key = models.CharField(
+        "concurrency key",
+        max_length=200,
+        blank=True,
+        help_text="Of a task with a concurrency limit or a rate: the payload value they count by (* for all).",
     )
     progress = models.PositiveSmallIntegerField("progress (%)", default=0)
     progress_message = models.CharField("progress message", max_length=200, blank=True)
@@ -154,6 +179,18 @@ class Job(models.Model):
                 fields=["owner"],
                 name="job_owner_active",
                 condition=models.Q(state__in=ACTIVE_STATES, owner__isnull=False),
+            ),
+            # Held jobs, in the order the engine admits them; and the jobs holding a limited task's
+            # slots, counted at each admission. A task without a limit (no key) is in neither.
+            models.Index(
+                fields=["task_name", "flow_key", "priority", "created_at"],
+                name="job_held",
+                condition=models.Q(state=JobState.HELD),
+            ),
+            models.Index(
+                fields=["task_name", "flow_key"],
+                name="job_flow_slots",
+                condition=models.Q(state__in=SLOT_STATES) & ~models.Q(flow_key=""),
             ),
             # What the relay scans every second: small, since published jobs leave it.
             models.Index(

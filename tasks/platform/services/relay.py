@@ -1,4 +1,5 @@
-"""The relay: publishes what enqueue could not, and delayed jobs and retries when they fall due.
+"""The relay: publishes what enqueue could not, and delayed jobs and retries when they fall due;
+and admits held jobs whose key has a free slot or whose pause is gone (tasks.platform.engine.flow).
 
 It is the only safety net of the engine's publish (tasks.platform.engine.orm): every pending job whose
 publish is unclaimed or whose claim expired, and every delayed job or retry that fell due, is
@@ -14,6 +15,7 @@ RELAY_BATCH = 500
 
 
 def jobs_relay(*, limit: int = RELAY_BATCH) -> int:
-    """Publish due, unpublished jobs; returns how many were published."""
+    """Publish due, unpublished jobs, and admit held ones that may go; how many were published."""
     jobs = engine().claim_due(limit=limit)
-    return len(jobs) if jobs and engine().publish(jobs) else 0
+    published = len(jobs) if jobs and engine().publish(jobs) else 0
+    return published + engine().admit_waiting(limit=limit)

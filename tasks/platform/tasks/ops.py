@@ -14,6 +14,7 @@ from celery.utils.log import get_task_logger
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.platform.concurrency import Limit, Rate
 from tasks.platform.errors import PermanentError
 from tasks.platform.json_types import NO_NUL, PRINTABLE, json_int
 from tasks.platform.registry import Audience, LedgerTask, public_task
@@ -54,6 +55,48 @@ def ops_ping(task: LedgerTask, payload: PingPayload) -> dict:
             logger.warning("soft time limit ignored on request: holding until the hard limit")
             time.sleep(payload.hold_seconds)
     return {"worker": task.request.hostname, "queue": queue, "held_seconds": payload.hold_seconds}
+
+
+class AccountPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    account_id: str = Field(min_length=1, max_length=64, description="The account the job works for.")
+    hold_seconds: float = Field(0, ge=0, le=MAX_HOLD_SECONDS, description="Keep the worker busy this long.")
+
+
+#: at most this many jobs of one account run at once (ops.account), across every worker
+ACCOUNT_CONCURRENCY = 2
+
+
+@public_task(
+    name="ops.account",
+    payload=AccountPayload,
+    audience=Audience.OPERATORS,
+    concurrency=Limit(ACCOUNT_CONCURRENCY, key="account_id"),
+)
+def ops_account(task: LedgerTask, payload: AccountPayload) -> dict:
+    """Work for one account, at most ACCOUNT_CONCURRENCY at once per account: flow control's example."""
+    if payload.hold_seconds:
+        _hold(task, payload.hold_seconds)
+    return {"account_id": payload.account_id, "worker": task.request.hostname}
+
+
+class PacedPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    hold_seconds: float = Field(0, ge=0, le=MAX_HOLD_SECONDS, description="Keep the worker busy this long.")
+
+
+#: ops.paced starts at most this often, across every worker
+PACED_RATE = "5/s"
+
+
+@public_task(name="ops.paced", payload=PacedPayload, audience=Audience.OPERATORS, rate=Rate(PACED_RATE))
+def ops_paced(task: LedgerTask, payload: PacedPayload) -> dict:
+    """A job whose task starts at most PACED_RATE, whatever the backlog: flow control's rate example."""
+    if payload.hold_seconds:
+        _hold(task, payload.hold_seconds)
+    return {"worker": task.request.hostname}
 
 
 class NoopPayload(BaseModel):

@@ -1,0 +1,163 @@
+"""Flow control inside the engine: which jobs may go to their queue now, and which wait, held.
+
+A job is admitted (queued, its message owed) when neither its queue nor its task is paused and,
+for a task with a concurrency limit (tasks.platform.concurrency), its key has a free slot: fewer of
+its jobs pending, queued or started than the limit. Otherwise it is written ``held`` with the
+reason, and Redis never sees it. Held jobs are admitted when what holds them clears: a resume, or
+a slot freed by a run that ended (the worker asks at once; the relay sweeps every pass, which
+also covers runs that ended without their worker).
+
+A task without a limit pays one lookup of a per-process snapshot of the pauses (refreshed every
+PAUSES_TTL); a stale snapshot only lets a job reach its queue, where the worker's start checks the
+pauses again (``paused_by``) and holds it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from django.db.models import Q
+
+from tasks.platform.concurrency import CONCURRENCY, RATES, flow_key
+from tasks.platform.models import FlowKey, Job, Pause, PauseScope
+from tasks.platform.models.jobs import SLOT_STATES, HeldReason
+from tasks.platform.selectors.flow import interval_for, limit_for
+
+#: seconds a process trusts its snapshot of the pauses when it writes new jobs
+PAUSES_TTL = 1.0
+
+_snapshot: tuple[float, frozenset[tuple[str, str]]] = (0.0, frozenset())
+
+
+def pauses() -> frozenset[tuple[str, str]]:
+    """(scope, name) of every pause, as this process last read them (at most PAUSES_TTL ago)."""
+    global _snapshot
+    read_at, paused = _snapshot
+    if time.monotonic() - read_at > PAUSES_TTL:
+        paused = frozenset(Pause.objects.values_list("scope", "name"))
+        _snapshot = (time.monotonic(), paused)
+    return paused
+
+
+def forget_pauses() -> None:
+    """Read the pauses again at the next use (after this process paused or resumed)."""
+    global _snapshot
+    _snapshot = (0.0, frozenset())
+
+
+def paused_by(*, queue: str, task_name: str) -> Pause | None:
+    """The pause that holds a job of this queue and task now (read from the database), if any."""
+    return (
+        Pause.objects.filter(Q(scope=PauseScope.QUEUE, name=queue) | Q(scope=PauseScope.TASK, name=task_name))
+        .order_by("scope")
+        .first()
+    )
+
+
+def admits_at_once(job: Job) -> bool:
+    """Whether the gate queues this job as it is: no limit, no rate, and not paused."""
+    paused = pauses()
+    return (
+        job.task_name not in CONCURRENCY
+        and job.task_name not in RATES
+        and (PauseScope.QUEUE, job.queue) not in paused
+        and (PauseScope.TASK, job.task_name) not in paused
+    )
+
+
+def gate(jobs: Iterable[Job]) -> list[Job]:
+    """Decide, in memory, the state of jobs about to go to their queue: each becomes queued, or held
+    (paused, or counted against its key's limit until ``admit``); a limited task's job gets its
+    key. The queued ones are returned."""
+    paused = pauses()
+    queued = []
+    for job in jobs:
+        job.flow_key = flow_key(job.task_name, job.payload)
+        if (PauseScope.QUEUE, job.queue) in paused or (PauseScope.TASK, job.task_name) in paused:
+            job.state, job.held_reason = Job.State.HELD, HeldReason.PAUSED
+        elif job.task_name in CONCURRENCY:
+            job.state, job.held_reason = Job.State.HELD, HeldReason.CONCURRENCY
+        else:
+            # A job sent at its turn under its rate keeps that turn for its start.
+            job.state = Job.State.QUEUED
+            job.held_reason = HeldReason.RATE if job.held_reason == HeldReason.RATE else ""
+            queued.append(job)
+    return queued
+
+
+def limited_keys(jobs: Iterable[Job]) -> set[tuple[str, str]]:
+    """(task, key) of the jobs held for their concurrency limit: those to admit."""
+    return {
+        (job.task_name, job.flow_key)
+        for job in jobs
+        if job.state == Job.State.HELD and job.held_reason == HeldReason.CONCURRENCY
+    }
+
+
+#: a start this close to its turn under the rate goes now
+RATE_TOLERANCE = timedelta(milliseconds=50)
+
+
+def rate_turn(job: Job, now: datetime) -> datetime | None:
+    """In the caller's transaction, at the start of a job of a task with a rate: None when it may
+    start now (its turn had come, or it was given one that is due), else the time of its turn, which
+    is now reserved for it. Turns are handed out from the key's FlowKey row, one interval apart."""
+    if job.held_reason == HeldReason.RATE and job.run_at is not None and job.run_at <= now + RATE_TOLERANCE:
+        return None
+    interval = interval_for(job.task_name, job.flow_key)
+    if interval is None:
+        return None
+    _lock_key(job.task_name, job.flow_key)
+    turn = FlowKey.objects.filter(task_name=job.task_name, key=job.flow_key).values_list("next_start_at", flat=True)[0]
+    turn = now if turn is None or turn < now else turn
+    FlowKey.objects.filter(task_name=job.task_name, key=job.flow_key).update(next_start_at=turn + interval)
+    return None if turn <= now + RATE_TOLERANCE else turn
+
+
+def _lock_key(task_name: str, key: str) -> None:
+    FlowKey.objects.get_or_create(task_name=task_name, key=key)
+    FlowKey.objects.select_for_update().filter(task_name=task_name, key=key).get()
+
+
+def admissible(task_name: str, key: str, now: datetime) -> list[Job]:
+    """In the caller's transaction: the held jobs of this key that its free slots admit, by
+    priority then age, written queued. The key's FlowKey row is locked first, so admitters of one
+    key go one at a time and never fill one slot twice."""
+    _lock_key(task_name, key)
+    limit = limit_for(task_name, key)
+    held = Job.objects.filter(
+        state=Job.State.HELD, held_reason=HeldReason.CONCURRENCY, task_name=task_name, flow_key=key
+    )
+    if limit is None:  # the limit was removed from the code: nothing holds them any more
+        free = held.count()
+    else:
+        free = limit - Job.objects.filter(task_name=task_name, flow_key=key, state__in=SLOT_STATES).count()
+    if free <= 0:
+        return []
+    ids = list(held.order_by("priority", "created_at").values_list("pk", flat=True)[:free])
+    jobs = list(Job.objects.select_for_update().filter(pk__in=ids, state=Job.State.HELD).order_by("pk"))
+    Job.objects.filter(pk__in=[job.pk for job in jobs]).update(state=Job.State.QUEUED, held_reason="", queued_at=now)
+    for job in jobs:
+        job.state, job.held_reason, job.queued_at = Job.State.QUEUED, "", now
+    return jobs
+
+
+def waiting_keys() -> list[tuple[str, str]]:
+    """(task, key) of every key with jobs held for its limit: the relay's sweep admits each."""
+    return list(
+        Job.objects.filter(state=Job.State.HELD, held_reason=HeldReason.CONCURRENCY)
+        .values_list("task_name", "flow_key")
+        .distinct()
+    )
+
+
+def unpaused(*, limit: int) -> Sequence[Job]:
+    """Jobs held for a pause that no longer exists (a resume released the others; these were held
+    by a start racing it), to go through the gate again."""
+    paused = list(Pause.objects.values_list("scope", "name"))
+    held = Job.objects.filter(state=Job.State.HELD, held_reason=HeldReason.PAUSED)
+    for scope, name in paused:
+        held = held.exclude(**{"queue" if scope == PauseScope.QUEUE else "task_name": name})
+    return list(held.select_for_update(skip_locked=True).order_by("created_at")[:limit])
