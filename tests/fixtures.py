@@ -169,6 +169,23 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture
+def start_flower(process_env, broker, tmp_path) -> Iterator[Callable[..., tuple[ManagedProcess, str]]]:
+    """Start a real Flower process with the platform's extension; ``(process, base URL)``."""
+    from tests.support.flower import launch_flower
+
+    started: list[ManagedProcess] = []
+
+    def start(env: dict | None = None) -> tuple[ManagedProcess, str]:
+        process, base = launch_flower(process_env, tmp_path, env)
+        started.append(process)
+        return process, base
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
 def start_relay(process_env: dict[str, str]) -> Iterator[Callable[..., ManagedProcess]]:
     """Start the relay process (`manage.py relay_jobs`, as the Procfile does)."""
     started: list[ManagedProcess] = []

@@ -8,7 +8,6 @@ import pytest
 from django.utils import timezone
 
 from tasks.models import ConcurrencyOverride, FlowEvent, Job, Pause, RateOverride
-from tasks.platform.engine import flow
 from tasks.platform.selectors.flow import job_blocked
 from tests.fast.conftest import NOT_OWED, ago, attempts, built, claim, claimed, clock, noops, row, run, sent
 
@@ -16,13 +15,6 @@ pytestmark = pytest.mark.django_db
 
 State = Job.State
 LIMITED = "ops.account"  # Limit(2, key="account_id")
-
-
-@pytest.fixture(autouse=True)
-def fresh_pauses():
-    flow.forget_pauses()
-    yield
-    flow.forget_pauses()
 
 
 def account(account_id: str = "a", **fields) -> Job:

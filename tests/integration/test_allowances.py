@@ -26,6 +26,8 @@ OPS_BODIES = {
     "ops.noop": {"task": "ops.noop"},
     "ops.fail": {"task": "ops.fail", "payload": {"mode": "permanent"}},
     "ops.mark": {"task": "ops.mark", "payload": {"key": "k"}},
+    "ops.account": {"task": "ops.account", "payload": {"account_id": "a"}},
+    "ops.paced": {"task": "ops.paced"},
 }
 QUOTE = {"task": "orders.quote", "payload": {"items": [{"sku": "LAMP", "quantity": 2}]}}
 

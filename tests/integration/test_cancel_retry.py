@@ -12,7 +12,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -24,7 +23,7 @@ from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
 from tasks.platform.services.recovery import job_cancel, job_retry
 from tests.fixtures import HOSTNAME, bearer, wait_for_worker, worker_argv
-from tests.support.flower import FLOWER_AUTH, launch_flower
+from tests.support.flower import FLOWER_AUTH
 from tests.support.processes import ManagedProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,20 +39,6 @@ QUEUE = QueueName.CRITICAL
 @pytest.fixture
 def operator():
     return get_user_model().objects.create_superuser("root", password="unused-pass-123")
-
-
-@pytest.fixture
-def start_flower(process_env, broker, tmp_path) -> Iterator[Callable[..., tuple[ManagedProcess, str]]]:
-    started: list[ManagedProcess] = []
-
-    def start() -> tuple[ManagedProcess, str]:
-        process, base = launch_flower(process_env, tmp_path)
-        started.append(process)
-        return process, base
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def active_on(node: str) -> list[dict]:

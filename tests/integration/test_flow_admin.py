@@ -5,7 +5,6 @@ read-only record, a held job's "why not running", and the model permissions."""
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -14,7 +13,6 @@ from django.test import Client
 from django.urls import reverse
 
 from tasks.models import Job
-from tasks.platform.engine.flow import forget_pauses
 from tasks.platform.models import ConcurrencyOverride, FlowEvent, Pause
 from tasks.platform.models.jobs import HeldReason
 from tasks.platform.queues import QueueName
@@ -27,15 +25,6 @@ PAUSE_ADD = reverse("admin:tasks_pause_add")
 PAUSES = reverse("admin:tasks_pause_changelist")
 EVENTS = reverse("admin:tasks_flowevent_changelist")
 OVERRIDE_ADD = reverse("admin:tasks_concurrencyoverride_add")
-
-
-@pytest.fixture(autouse=True)
-def fresh_pauses() -> Iterator[None]:
-    # The engine keeps a per-process snapshot of the pauses (PAUSES_TTL): a pause a previous test
-    # left (its rows flushed since) must not hold this test's jobs.
-    forget_pauses()
-    yield
-    forget_pauses()
 
 
 def form_errors(response) -> dict[str, list[str]]:

@@ -8,7 +8,6 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from tasks.models import FlowEvent, Job, Pause
-from tasks.platform.engine.flow import forget_pauses
 from tasks.platform.services.jobs import job_enqueue
 from tests.fixtures import bearer, grant
 
@@ -20,15 +19,6 @@ TARGETS = {"queue": "bulk", "task": "ops.ping"}
 ENDPOINTS = [
     (f"/api/{scope}s/{name}/{action}", action) for scope, name in TARGETS.items() for action in ("pause", "resume")
 ]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pause_snapshot():
-    # The engine keeps a per-process snapshot of the pauses for PAUSES_TTL: a pause this test made
-    # (rolled back with its transaction) must not hold the jobs of the tests that follow.
-    forget_pauses()
-    yield
-    forget_pauses()
 
 
 def make_user(username: str, *permissions: str, **fields):

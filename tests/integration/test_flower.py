@@ -5,7 +5,6 @@ restart, offline workers purged. Real Flower, worker and Redis; nothing mocked."
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -17,27 +16,13 @@ from tasks.models import Job, JobAction
 from tasks.platform.queues import QueueName
 from tasks.platform.services.jobs import job_enqueue
 from tests.fixtures import HOSTNAME
-from tests.support.flower import FLOWER_AUTH, launch_flower, wait_for_flower_state
-from tests.support.processes import ManagedProcess, wait_until
+from tests.support.flower import FLOWER_AUTH, wait_for_flower_state
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 #: what Celery keeps of a task's keyword arguments for Flower (kwargsrepr_maxsize)
 CELERY_REPR_LIMIT = 1024
-
-
-@pytest.fixture
-def start_flower(process_env, broker, tmp_path) -> Iterator[Callable[..., tuple[ManagedProcess, str]]]:
-    started: list[ManagedProcess] = []
-
-    def start(env: dict | None = None) -> tuple[ManagedProcess, str]:
-        process, base = launch_flower(process_env, tmp_path, env)
-        started.append(process)
-        return process, base
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def dead_job(**fields) -> Job:

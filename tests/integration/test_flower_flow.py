@@ -5,45 +5,20 @@ service (recorded via "flower") and authorized as retry is. Real Flower, worker 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 
 from tasks.models import Job
-from tasks.platform.engine.flow import forget_pauses
 from tasks.platform.models import FlowEvent, Pause
 from tasks.platform.models.jobs import HeldReason
 from tasks.platform.queues import QueueName
 from tasks.platform.services.flow import flow_pause
 from tasks.platform.services.jobs import job_enqueue
-from tests.support.flower import FLOWER_AUTH, flower_task, launch_flower
-from tests.support.processes import ManagedProcess, wait_until
+from tests.support.flower import FLOWER_AUTH, flower_task
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def fresh_pauses() -> Iterator[None]:
-    # The engine keeps a per-process snapshot of the pauses (PAUSES_TTL): pauses made by Flower's
-    # process, and those a previous test left, must not be read from a stale one here.
-    forget_pauses()
-    yield
-    forget_pauses()
-
-
-@pytest.fixture
-def start_flower(process_env, broker, tmp_path) -> Iterator[Callable[..., tuple[ManagedProcess, str]]]:
-    started: list[ManagedProcess] = []
-
-    def start(env: dict | None = None) -> tuple[ManagedProcess, str]:
-        process, base = launch_flower(process_env, tmp_path, env)
-        started.append(process)
-        return process, base
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def events() -> list[tuple[str, str, str, str, str | None]]:
