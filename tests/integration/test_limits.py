@@ -35,8 +35,8 @@ BODIES = {
 }
 #: POST endpoints that enqueue, so count towards the caller's rate and active-job cap
 ENQUEUEING = {"job_create", "job_create_batch", "job_retry", "order_create", "report_create"}
-#: POST endpoints that enqueue nothing, so are not rate limited
-NOT_ENQUEUEING = {"job_cancel", "order_cancel"}
+#: POST endpoints that enqueue nothing, so are not rate limited (a resume sends jobs already counted)
+NOT_ENQUEUEING = {"job_cancel", "order_cancel", "queue_pause", "queue_resume", "task_pause", "task_resume"}
 
 
 def post_operations() -> list[tuple[str, str]]:
