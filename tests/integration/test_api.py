@@ -344,7 +344,15 @@ def test_openapi_schema_states_each_tasks_arguments_and_every_refusal(client, au
     assert {"attempts", "progress", "progress_message", "idempotency_key", "run_at"} <= set(job_out)
     # Each public task is one shape of the body, with its own payload schema.
     variants = schema["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(variants["discriminator"]["mapping"]) == {"ops.ping", "ops.noop", "ops.fail", "ops.mark", "orders.quote"}
+    assert set(variants["discriminator"]["mapping"]) == {
+        "ops.ping",
+        "ops.noop",
+        "ops.fail",
+        "ops.mark",
+        "ops.account",
+        "ops.paced",
+        "orders.quote",
+    }
     ping = schema["components"]["schemas"]["Job_ops_ping"]
     assert ping["properties"]["task"]["const"] == "ops.ping"
     payload = schema["components"]["schemas"][ping["properties"]["payload"]["anyOf"][0]["$ref"].rsplit("/", 1)[1]]

@@ -49,8 +49,9 @@ def test_a_full_redis_refuses_the_publish_and_the_relay_publishes_the_job_once_t
     client.delete(*client.keys("filler:*"))
     start_relay(env={"REDIS_URL": own_redis.url})
 
+    # Queued with its message owed, then sent: the outbox row goes once the message is out.
     wait_until(
-        lambda: Job.objects.filter(pk=body["id"], state=Job.State.QUEUED).exists(),
+        lambda: Job.objects.filter(pk=body["id"], state=Job.State.QUEUED, outbox__isnull=True).exists(),
         timeout=30,
         what="the relay to publish the job",
     )
