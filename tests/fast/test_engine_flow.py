@@ -213,7 +213,7 @@ def test_jobs_of_a_rated_task_start_one_interval_apart_without_using_attempts(en
 def test_a_job_sent_at_its_turn_starts_without_taking_another(engine, broker):
     first, second = engine.insert([built(PACED, payload={}) for _ in range(2)])
     run(engine, first)
-    run(engine, second)  # its turn: 200 ms from now
+    run(engine, second)  # its turn: one interval from now
     Job.objects.filter(pk=second.pk).update(run_at=ago(0.01))  # the turn came
 
     [due] = engine.claim_due(limit=10)
