@@ -9,7 +9,7 @@ also covers runs that ended without their worker).
 
 A task without a limit pays one lookup of a per-process snapshot of the pauses (refreshed every
 PAUSES_TTL); a stale snapshot only lets a job reach its queue, where the worker's start checks the
-pauses again (``paused_by``) and holds it.
+pauses again (``paused_by``, tasks.platform.selectors.flow) and holds it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-
-from django.db.models import Q
 
 from tasks.platform.concurrency import CONCURRENCY, RATES, flow_key
 from tasks.platform.models import FlowKey, Job, Pause, PauseScope
@@ -45,15 +43,6 @@ def forget_pauses() -> None:
     """Read the pauses again at the next use (after this process paused or resumed)."""
     global _snapshot
     _snapshot = (0.0, frozenset())
-
-
-def paused_by(*, queue: str, task_name: str) -> Pause | None:
-    """The pause that holds a job of this queue and task now (read from the database), if any."""
-    return (
-        Pause.objects.filter(Q(scope=PauseScope.QUEUE, name=queue) | Q(scope=PauseScope.TASK, name=task_name))
-        .order_by("scope")
-        .first()
-    )
 
 
 def admits_at_once(job: Job) -> bool:

@@ -43,6 +43,7 @@ from tasks.platform.engine.events import job_event_publish, job_events_publish
 from tasks.platform.engine.workflows import steps_rearmed, steps_released, steps_stopped, with_next_steps
 from tasks.platform.models import FlowEvent, Job, JobAction, JobAttempt, JobOutbox, Pause, PauseScope
 from tasks.platform.models.jobs import FINISHED_STATES, RETRYABLE_STATES, HeldReason
+from tasks.platform.selectors.flow import paused_by
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ class OrmEngine:
                 return None
             if job.state == Job.State.STARTED and self._close_lost_attempts([job], now=now, limit=max_worker_losses):
                 return None
-            if flow.paused_by(queue=queue or job.queue, task_name=job.task_name) is not None:
+            if paused_by(queue=queue or job.queue, task_name=job.task_name) is not None:
                 # Sent before its queue or task was paused: it waits, held, and costs no attempt.
                 job.state, job.held_reason = Job.State.HELD, HeldReason.PAUSED
                 job.save(update_fields=["state", "held_reason"])
@@ -374,7 +375,7 @@ class OrmEngine:
                 return {}
             runnable = [row for row in rows if row.state not in FINISHED_STATES and row.state != Job.State.HELD]
             task_name = Job.objects.filter(pk__in=job_ids).values_list("task_name", flat=True).first()
-            if runnable and flow.paused_by(queue=queue, task_name=task_name) is not None:
+            if runnable and paused_by(queue=queue, task_name=task_name) is not None:
                 Job.objects.filter(pk__in=[row.pk for row in runnable]).update(
                     state=Job.State.HELD, held_reason=HeldReason.PAUSED
                 )

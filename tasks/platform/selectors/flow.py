@@ -34,7 +34,10 @@ def job_blocked(job: Job) -> Blocked | None:
     """Why the job does not run now; None when it runs, ran, or nothing holds it."""
     if job.state == Job.State.HELD and job.held_reason == HeldReason.CONCURRENCY:
         return _at_limit(job)
-    if job.state in (Job.State.HELD, Job.State.QUEUED) and (pause := _pause_of(job)) is not None:
+    if (
+        job.state in (Job.State.HELD, Job.State.QUEUED)
+        and (pause := paused_by(queue=job.queue, task_name=job.task_name)) is not None
+    ):
         by = pause.by.get_username() if pause.by else "the system"
         since = f"{pause.at:%Y-%m-%d %H:%M:%S} UTC"
         return Blocked("paused", f"its {pause.scope} {pause.name} is paused, by {by} via {pause.via} since {since}")
@@ -56,10 +59,11 @@ def job_blocked(job: Job) -> Blocked | None:
     return None
 
 
-def _pause_of(job: Job) -> Pause | None:
+def paused_by(*, queue: str, task_name: str) -> Pause | None:
+    """The pause that holds a job of this queue and task now (read from the database), if any."""
     return (
         Pause.objects.select_related("by")
-        .filter(Q(scope=PauseScope.QUEUE, name=job.queue) | Q(scope=PauseScope.TASK, name=job.task_name))
+        .filter(Q(scope=PauseScope.QUEUE, name=queue) | Q(scope=PauseScope.TASK, name=task_name))
         .order_by("scope")
         .first()
     )
