@@ -28,12 +28,10 @@ from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tasks.platform.queues import LEASE_KEY
 from tasks.platform.services.beat import Outcome, schedule_dispatch_due
 
 logger = logging.getLogger(__name__)
-
-#: the Redis key of the leader lease (one per Redis database, i.e. per deployment)
-LEASE_KEY = "platform:beat:leader"
 
 
 def utc_now() -> datetime.datetime:

@@ -23,3 +23,8 @@ CONSUMER_TTL_SECONDS = 10
 def consumer_key(queue: str) -> str:
     """The Redis key that exists while some live worker consumes ``queue``."""
     return f"platform:consumers:{queue}"
+
+
+#: the Redis key of beat's leader lease (one per Redis database, i.e. per deployment): it exists
+#: while some beat leads (tasks.platform.beat)
+LEASE_KEY = "platform:beat:leader"

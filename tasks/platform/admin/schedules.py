@@ -31,9 +31,11 @@ from tasks.platform.models import Job, MissedRunPolicy, ScheduleOptions
 from tasks.platform.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.platform.registry import SCHEDULABLE_TASKS
 from tasks.platform.selectors.schedules import (
+    schedule_blocked,
     schedule_last_runs,
     schedule_next_runs,
     schedule_origins,
+    schedules_blocked,
     schedules_latest_run,
 )
 from tasks.platform.services.jobs import task_queue
@@ -249,8 +251,11 @@ class ScheduleAdmin(PeriodicTaskAdmin):
         changelist = super().get_changelist_instance(request)
         # The page's latest runs in two queries, not two per schedule.
         latest = schedules_latest_run(names=[schedule.name for schedule in changelist.result_list])
+        # Why the page's schedules do not fire, in one look at beat's lease, not one per schedule.
+        blocked = schedules_blocked(changelist.result_list)
         for schedule in changelist.result_list:
             schedule.latest_job = latest.get(schedule.name)
+            schedule.not_firing = blocked.get(schedule.pk)
         return changelist
 
     def save_model(self, request: HttpRequest, obj: PeriodicTask, form: ScheduleForm, change: bool) -> None:
@@ -286,12 +291,18 @@ class ScheduleAdmin(PeriodicTaskAdmin):
     @admin.display(description="next run")
     def next_run(self, obj: PeriodicTask) -> str:
         upcoming = schedule_next_runs(schedule=obj, count=1)
-        return _when(upcoming.times[0]) if upcoming.times else upcoming.note or "—"
+        shown = _when(upcoming.times[0]) if upcoming.times else upcoming.note or "—"
+        blocked = getattr(obj, "not_firing", None)
+        if blocked is None:
+            return shown
+        return format_html('{}<br><strong title="{}">Not firing: no beat leads</strong>', shown, blocked.message)
 
     @admin.display(description="next runs")
     def next_runs(self, obj: PeriodicTask) -> str:
         upcoming = schedule_next_runs(schedule=obj)
         parts = []
+        if (blocked := schedule_blocked(obj)) is not None:
+            parts.append(format_html("<p><strong>Not firing:</strong> {}.</p>", blocked.message))
         if upcoming.overdue_since is not None:
             policy = self.missed_run_policy(obj)
             parts.append(

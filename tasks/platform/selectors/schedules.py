@@ -9,15 +9,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import cache
 from zoneinfo import ZoneInfo
 
+import redis
 from django.conf import settings
 from django.db.models import Max, Q
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tasks.platform.models import Job
 from tasks.platform.models.jobs import SCHEDULE_ORIGIN_PREFIX
+from tasks.platform.queues import LEASE_KEY
+from tasks.platform.selectors.flow import Blocked
 
 #: how many upcoming run times a schedule's page lists
 NEXT_RUNS = 5
@@ -62,12 +68,8 @@ def schedule_next_runs(*, schedule: PeriodicTask, now: datetime | None = None, c
     now = (now or timezone.now()).astimezone(UTC)
     tz = schedule_timezone(schedule)
     zone = str(tz)
-    if not schedule.enabled:
-        return NextRuns(timezone=zone, note="disabled: beat does not run it")
-    if schedule.expires is not None and schedule.expires <= now:
-        return NextRuns(timezone=zone, note="expired: beat no longer runs it")
-    if schedule.one_off and schedule.total_run_count > 0:
-        return NextRuns(timezone=zone, note="one-off, already run")
+    if (note := _not_run(schedule, now)) is not None:
+        return NextRuns(timezone=zone, note=note)
     if schedule.solar_id is not None:
         return NextRuns(timezone=zone, note="solar: the times follow the sun and are not computed here")
 
@@ -89,6 +91,59 @@ def schedule_next_runs(*, schedule: PeriodicTask, now: datetime | None = None, c
         if first_due and first_due[0] < now - LATE_AFTER:
             overdue_since = first_due[0].astimezone(tz)
     return NextRuns(times=times, timezone=zone, overdue_since=overdue_since)
+
+
+def _not_run(schedule: PeriodicTask, now: datetime) -> str | None:
+    """Why beat never fires the schedule again (None: it fires it when due)."""
+    if not schedule.enabled:
+        return "disabled: beat does not run it"
+    if schedule.expires is not None and schedule.expires <= now:
+        return "expired: beat no longer runs it"
+    if schedule.one_off and schedule.total_run_count > 0:
+        return "one-off, already run"
+    return None
+
+
+def schedule_blocked(schedule: PeriodicTask, *, now: datetime | None = None) -> Blocked | None:
+    """Why beat does not fire the schedule's due runs: no beat leads. None when a beat holds the
+    leader lease, or when beat would not fire the schedule anyway (disabled, expired, one-off run:
+    its next runs' note says so)."""
+    return schedules_blocked([schedule], now=now).get(schedule.pk)
+
+
+def schedules_blocked(schedules: Iterable[PeriodicTask], *, now: datetime | None = None) -> dict[int, Blocked]:
+    """``schedule_blocked`` for a page of schedules, by id: one look at the lease, whatever the count."""
+    now = (now or timezone.now()).astimezone(UTC)
+    fired = [schedule.pk for schedule in schedules if _not_run(schedule, now) is None]
+    if not fired:
+        return {}
+    reason = beat_standby()
+    return {} if reason is None else dict.fromkeys(fired, reason)
+
+
+def beat_standby() -> Blocked | None:
+    """The reason no schedule fires now, when no beat holds the leader lease (tasks.platform.beat:
+    only the holder fires runs; without Redis none holds it). None when a beat leads."""
+    try:
+        holder = _redis(settings.REDIS_URL).get(LEASE_KEY)
+    except redis.RedisError as exc:
+        return Blocked(
+            "beat_standby",
+            f"Redis cannot be asked which beat leads ({exc or type(exc).__name__}); without Redis no beat "
+            "leads, and due runs are not fired",
+        )
+    if holder is None:
+        return Blocked(
+            "beat_standby",
+            "no beat holds the leader lease (every beat stands by, or none runs): due runs are not fired",
+        )
+    return None
+
+
+@cache
+def _redis(url: str) -> redis.Redis:
+    # Short timeouts and no retries: a Redis that does not answer must not hold a page up.
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0))
 
 
 def _due_times(schedule: PeriodicTask, *, start: datetime, count: int, base: datetime | None = None) -> list[datetime]:
