@@ -98,6 +98,18 @@ def test_delayed_job_waits_in_the_ledger_then_runs_when_due(start_relay, start_w
     assert done.attempts == 1
 
 
+def test_a_running_relay_sends_a_delayed_job_at_its_time_not_at_its_next_pass(start_relay, broker):
+    start_relay(env={"RELAY_INTERVAL_SECONDS": "4"})
+
+    # Due after the relay's next pass, which sees it: sent when due, not at the pass after (up to 4 s late).
+    job = job_enqueue(task_name="ops.ping", queue=QueueName.CRITICAL, delay=5)
+
+    wait_until(lambda: Job.objects.get(pk=job.pk).state == Job.State.QUEUED, timeout=15, what="the delayed job sent")
+    sent = Job.objects.get(pk=job.pk)
+    assert timedelta(0) <= sent.queued_at - sent.run_at < timedelta(seconds=0.5)
+    wait_until(lambda: broker.llen("critical:5") == 1, timeout=5, what="its message")
+
+
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["alone", "in-a-transaction"])
 def test_enqueue_returns_its_job_published_and_queued_with_no_claim_left(broker, in_transaction):
     with transaction.atomic() if in_transaction else nullcontext():

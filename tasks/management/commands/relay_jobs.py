@@ -5,7 +5,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from tasks.platform.services.relay import RELAY_BATCH, jobs_relay
+from tasks.platform.services.relay import RELAY_BATCH, jobs_relay, relay_wait
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ class Command(BaseCommand):
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
-        logger.info("relay: publishing unpublished and due jobs every %ss", interval)
+        logger.info("relay: publishing unpublished jobs every %ss, and delayed ones when due", interval)
         while not stopping.is_set():
             published = jobs_relay()
             if published:
@@ -30,4 +30,4 @@ class Command(BaseCommand):
                 return
             # A full batch means more are waiting: go again at once.
             if published < RELAY_BATCH:
-                stopping.wait(interval)
+                stopping.wait(relay_wait(interval))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
-from django.db.models import QuerySet
+from django.db.models import Min, QuerySet
 from django.shortcuts import get_object_or_404
 
 from tasks.platform.models import Job
@@ -24,6 +25,12 @@ def jobs_active_count(*, owner, up_to: int) -> int:
     index holds just those rows; its condition is repeated here so the database can use it)."""
     active = Job.objects.filter(owner=owner, owner__isnull=False, state__in=ACTIVE_STATES).order_by()
     return active[:up_to].count()
+
+
+def jobs_next_due() -> datetime | None:
+    """When the earliest delayed job or retry falls due (a rate's turn is one), None without any."""
+    due = Job.objects.filter(state__in=(Job.State.SCHEDULED, Job.State.RETRYING)).order_by()
+    return due.aggregate(first=Min("run_at"))["first"]
 
 
 def job_get_visible(*, user, job_id: UUID) -> Job:

@@ -8,10 +8,15 @@ claimed (``SKIP LOCKED``, so two relays never take the same job) and published.
 
 from __future__ import annotations
 
+from django.utils import timezone
+
 from tasks.platform.engine import engine
+from tasks.platform.selectors.jobs import jobs_next_due
 
 #: jobs claimed and published per pass (one Redis pipeline)
 RELAY_BATCH = 500
+#: the shortest wait between two passes, so that a due job another transaction holds is not spun on
+MIN_WAIT_SECONDS = 0.01
 
 
 def jobs_relay(*, limit: int = RELAY_BATCH) -> int:
@@ -19,3 +24,12 @@ def jobs_relay(*, limit: int = RELAY_BATCH) -> int:
     jobs = engine().claim_due(limit=limit)
     published = len(jobs) if jobs and engine().publish(jobs) else 0
     return published + engine().admit_waiting(limit=limit)
+
+
+def relay_wait(interval: float) -> float:
+    """Seconds until the next pass: ``interval``, or less when a delayed job, a retry or a rate's
+    turn falls due sooner, so that it is sent at its time rather than up to an interval late."""
+    due = jobs_next_due()
+    if due is None:
+        return interval
+    return min(interval, max(MIN_WAIT_SECONDS, (due - timezone.now()).total_seconds()))
