@@ -39,6 +39,10 @@ class Sizes:
     flow_limited: int = 600
     #: ops.paced jobs run under their rate (scenario flow)
     flow_paced: int = 100
+    #: user A's bulk jobs waiting while user B's are measured (scenario fairness)
+    fair_backlog: int = 10_000
+    #: user B's jobs measured, idle and under A's backlog (scenario fairness)
+    fair_samples: int = 20
 
 
 #: `--smoke`: every scenario once, at sizes that only show it works
@@ -62,6 +66,8 @@ SMOKE = Sizes(
     cost_jobs=200,
     flow_limited=60,
     flow_paced=10,
+    fair_backlog=200,
+    fair_samples=3,
 )
 
 

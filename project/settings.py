@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 
 from project.env import SettingError, env_bool, env_http_url, env_int, env_list, env_redis_url, env_str
+from tasks.platform.queues import QueueName
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 #: local state of a development run: SQLite database, embedded Redis data, generated secrets
@@ -138,6 +139,14 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+
+# Fair share: on these queues owners take turns. Each owner (or each value of a task's declared
+# share key) has at most FAIR_SHARE_DEPTH jobs in the queue at once; the rest wait in the ledger,
+# held, and the next one goes as one of theirs starts (tasks.platform.engine.flow).
+FAIR_SHARE_QUEUES = env_list("FAIR_SHARE_QUEUES", "bulk")
+if unknown := sorted(set(FAIR_SHARE_QUEUES) - set(QueueName.values)):
+    raise SettingError("FAIR_SHARE_QUEUES", f"names no queue: {', '.join(unknown)} (queues: {', '.join(QueueName)})")
+FAIR_SHARE_DEPTH = env_int("FAIR_SHARE_DEPTH", 1, minimum=1)
 
 #: how often the relay looks for unpublished and due delayed jobs
 RELAY_INTERVAL_SECONDS = env_int("RELAY_INTERVAL_SECONDS", 1, minimum=1)

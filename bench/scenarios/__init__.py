@@ -18,6 +18,7 @@ SCENARIOS: dict[str, tuple[str, str, str | None]] = {
     "latency": ("latency", "run", None),
     "costs": ("costs", "run", None),
     "flow": ("flow", "run", None),
+    "fairness": ("fairness", "run", None),
 }
 
 

@@ -6,6 +6,9 @@ in all). ``rate=Rate("10/s", key="account_id")``: at most ten of its jobs start 
 account. The registry fills ``CONCURRENCY`` and ``RATES`` as tasks are declared; an admin may
 override either per task and per key value (``ConcurrencyOverride``, ``RateOverride``) without a
 deploy. A task that declares both counts them by the same key.
+
+``share_by="tenant_id"``: on a fair-share queue (settings.FAIR_SHARE_QUEUES) its jobs take turns
+per tenant instead of per owner (``SHARE_BY``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ class Rate:
 
 #: task name -> its rate, for every task that declares one
 RATES: dict[str, Rate] = {}
+
+
+#: task name -> the payload field its jobs take turns by on a fair-share queue, instead of their owner
+SHARE_BY: dict[str, str] = {}
 
 
 def flow_key(task_name: str, payload: dict[str, Any]) -> str:

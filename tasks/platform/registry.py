@@ -22,7 +22,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
-from tasks.platform.concurrency import CONCURRENCY, RATES, Limit, Rate
+from tasks.platform.concurrency import CONCURRENCY, RATES, SHARE_BY, Limit, Rate
 from tasks.platform.engine import Attempt, backoff_delay, engine
 from tasks.platform.errors import PermanentError
 from tasks.platform.models import Job
@@ -194,6 +194,7 @@ def ledger_task(
     schedulable: bool = False,
     concurrency: Limit | None = None,
     rate: Rate | None = None,
+    share_by: str | None = None,
     **options: Any,
 ) -> Callable:
     """Declare a ledger task; the function receives the task and the validated payload model.
@@ -201,7 +202,8 @@ def ledger_task(
     ``public`` tasks may be enqueued by name by any API client; the others (workflow steps,
     deliveries) only by the services that own them. ``schedulable`` ones (and public ones) may be
     put on a beat schedule in admin. ``concurrency``: at most that many of its jobs run at once,
-    per key; ``rate``: at most that many start per period, per key (tasks.platform.concurrency).
+    per key; ``rate``: at most that many start per period, per key; ``share_by``: the payload field
+    whose values take turns on a fair-share queue, instead of owners (tasks.platform.concurrency).
     """
 
     def decorate(function: Callable[[LedgerTask, BaseModel], Any]) -> LedgerTask:
@@ -215,6 +217,8 @@ def ledger_task(
         for declared in (concurrency, rate):
             if declared is not None and declared.key is not None and declared.key not in payload.model_fields:
                 raise ValueError(f"{name}: the key {declared.key!r} is not a field of its payload")
+        if share_by is not None and share_by not in payload.model_fields:
+            raise ValueError(f"{name}: share_by {share_by!r} is not a field of its payload")
         if concurrency is not None and rate is not None and concurrency.key != rate.key:
             raise ValueError(f"{name}: its concurrency limit and its rate must count by the same key")
         if rate is not None and options.get("batch_size", 1) > 1:
@@ -223,6 +227,8 @@ def ledger_task(
             CONCURRENCY[name] = concurrency
         if rate is not None:
             RATES[name] = rate
+        if share_by is not None:
+            SHARE_BY[name] = share_by
         if public:
             PUBLIC_TASKS[name] = task
         if public or schedulable:

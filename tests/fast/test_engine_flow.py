@@ -5,6 +5,7 @@ tasks.platform.selectors.flow)."""
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from tasks.models import ConcurrencyOverride, FlowEvent, Job, Pause, RateOverride
@@ -172,6 +173,116 @@ def test_a_retry_of_a_limited_job_passes_the_gate_again(engine, django_capture_o
     engine.retry(job_id=first.pk, via="api")
 
     assert (row(first).state, row(first).held_reason) == (State.HELD, "concurrency")
+
+
+# -- fair share ---------------------------------------------------------------------------------
+
+
+def bulk(owner, **fields) -> Job:
+    return built(queue="bulk", owner=owner, **fields)
+
+
+@pytest.fixture(autouse=True)
+def share_depth(settings):
+    """Two of a share's jobs in the queue at once, whatever the deployment's default."""
+    settings.FAIR_SHARE_DEPTH = 2
+
+
+@pytest.fixture
+def alice():
+    return get_user_model().objects.create_user("fast-alice")
+
+
+@pytest.fixture
+def bob():
+    return get_user_model().objects.create_user("fast-bob")
+
+
+def test_an_owner_has_at_most_their_share_in_a_fair_queue_and_another_owner_goes_at_once(
+    engine, broker, alice, bob, django_capture_on_commit_callbacks
+):
+    backlog = [bulk(alice, created_at=ago(10 - n)) for n in range(5)]
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.insert(backlog)
+    with django_capture_on_commit_callbacks(execute=True):
+        [single] = engine.insert([bulk(bob)])
+
+    assert states(*backlog) == [State.QUEUED] * 2 + [State.HELD] * 3
+    assert single.state == row(single).state == State.QUEUED  # as the caller is answered
+    assert (row(single).share_key, row(backlog[0]).share_key) == (f"owner:{bob.pk}", f"owner:{alice.pk}")
+    assert {job_id for _, job_id in sent(broker)} == {str(job.pk) for job in (*backlog[:2], single)}
+    blocked = job_blocked(row(backlog[3]))
+    assert blocked.code == "fair_share"
+    assert "3 of its owner's jobs are ahead of it" in blocked.message
+
+
+def test_each_start_of_a_shares_job_admits_its_next_by_priority_then_age(
+    engine, alice, django_capture_on_commit_callbacks
+):
+    backlog = [bulk(alice, created_at=ago(10 - n)) for n in range(4)]
+    urgent = bulk(alice, priority=0, created_at=ago(1))
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.insert([*backlog, urgent])
+    assert states(urgent, *backlog) == [State.QUEUED, State.QUEUED, State.HELD, State.HELD, State.HELD]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert run(engine, urgent) is not None
+
+    assert states(*backlog) == [State.QUEUED, State.QUEUED, State.HELD, State.HELD]
+    assert engine.admit_shares([("bulk", f"owner:{alice.pk}")]) == 0  # its places are full again
+
+
+def test_a_new_job_of_a_share_with_a_backlog_waits_behind_it_and_the_oldest_goes(
+    engine, broker, alice, django_capture_on_commit_callbacks
+):
+    backlog = [bulk(alice, created_at=ago(10 - n)) for n in range(3)]
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.insert(backlog)
+    engine.cancel(job_id=backlog[0].pk, via="api")  # a place in the queue freed, no start to admit the next
+    broker.delete(*broker.keys("bulk*"))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        [later] = engine.insert([bulk(alice)])
+
+    assert states(*backlog, later) == [State.CANCELLED, State.QUEUED, State.QUEUED, State.HELD]
+    assert [job_id for _, job_id in sent(broker)] == [str(backlog[2].pk)]
+
+
+def test_jobs_without_an_owner_and_jobs_off_fair_queues_go_at_once(engine, alice, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        ownerless = engine.insert([bulk(None) for _ in range(3)])
+        elsewhere = engine.insert([built(owner=alice) for _ in range(3)])
+
+    assert set(states(*ownerless, *elsewhere)) == {State.QUEUED}
+    assert {row(job).share_key for job in (*ownerless, *elsewhere)} == {""}
+
+
+def test_the_relay_admits_a_shares_jobs_when_its_queued_ones_went_without_starting(
+    engine, alice, django_capture_on_commit_callbacks
+):
+    backlog = [bulk(alice, created_at=ago(10 - n)) for n in range(3)]
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.insert(backlog)
+    engine.cancel(job_id=backlog[0].pk, via="api")  # left the queue without a start
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert engine.admit_waiting(limit=10) == 1
+
+    assert states(*backlog) == [State.CANCELLED, State.QUEUED, State.QUEUED]
+
+
+def test_a_queue_that_no_longer_takes_turns_admits_every_held_job(
+    engine, alice, settings, django_capture_on_commit_callbacks
+):
+    backlog = [bulk(alice) for _ in range(4)]
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.insert(backlog)
+    settings.FAIR_SHARE_QUEUES = []
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert engine.admit_waiting(limit=10) == 2
+
+    assert set(states(*backlog)) == {State.QUEUED}
 
 
 # -- why a job does not run ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ from uuid import UUID
 
 import pytest
 import requests
+from django.conf import settings
 
 from tasks.models import ApiToken, Job, JobOutbox
 from tasks.platform.queues import QueueName
@@ -39,8 +40,14 @@ def test_a_batch_of_1000_is_enqueued_in_request_order_and_consumed(
     assert len(keys) == 1000
     assert [keys[UUID(job["id"])] for job in answered] == [f"item-{i}" for i in range(1000)]  # request order
     assert all(job["url"] == f"/api/jobs/{job['id']}" for job in answered)
-    assert broker.llen("bulk:5") == 995  # no bulk worker: they wait in Redis
-    assert Job.objects.filter(queue="bulk", state=Job.State.QUEUED).count() == 995
+    # bulk takes turns between owners: the user's share waits in Redis (no bulk worker), the rest
+    # in the ledger, held, in request order
+    assert broker.llen("bulk:5") == settings.FAIR_SHARE_DEPTH
+    bulk = Job.objects.filter(queue="bulk")
+    assert bulk.filter(state=Job.State.QUEUED).count() == settings.FAIR_SHARE_DEPTH
+    assert bulk.filter(state=Job.State.HELD, held_reason="fair_share").count() == 995 - settings.FAIR_SHARE_DEPTH
+    first = [UUID(job["id"]) for i, job in enumerate(answered) if i % 200][: settings.FAIR_SHARE_DEPTH]
+    assert set(bulk.filter(state=Job.State.QUEUED).values_list("pk", flat=True)) == set(first)
     for i in range(0, 1000, 200):  # the critical worker runs its five
         wait_for_job(answered[i]["id"], Job.State.SUCCEEDED)
     assert Job.objects.filter(origin="api", owner=user).count() == 1000

@@ -56,13 +56,15 @@ def test_queue_figures_count_redis_and_the_ledger(client, alice, bob, staff, bro
         make_job(owner, "default", Job.State.SUCCEEDED, finished_at=now - timedelta(days=2))  # too old
         make_job(owner, "default", Job.State.CANCELLED)  # counted nowhere
     make_job(alice, "bulk", Job.State.STARTED)
-    # Published to queues no worker consumes, at several priorities: lists bulk, bulk:5, bulk:9.
-    for priority in (0, 5, 5, 9):
+    # Published to queues no worker consumes, at several priorities: lists bulk, bulk:5, bulk:9
+    # (an operator each, as bulk takes turns between owners: one job of each goes to Redis at once).
+    posters = [bob, *(create_operator(f"poster-{n}", password="unused-pass-123") for n in range(3))]
+    for owner, priority in zip(posters, (0, 5, 5, 9), strict=True):
         response = client.post(
             "/api/jobs",
             {"task": "ops.ping", "queue": "bulk", "priority": priority},
             content_type="application/json",
-            **bearer(bob),
+            **bearer(owner),
         )
         assert response.status_code == 202
     assert (broker.llen("bulk"), broker.llen("bulk:5"), broker.llen("bulk:9")) == (1, 2, 1)
@@ -83,7 +85,7 @@ def test_queue_figures_count_redis_and_the_ledger(client, alice, bob, staff, bro
     assert figures(own) == {
         "critical": {**zero, "retrying": 1, "failed": 1},
         "default": {**zero, "dead": 1, "succeeded_24h": 1},
-        "bulk": {**zero, "waiting": 4, "scheduled": 1, "active": 2},  # waiting is global: bob's messages
+        "bulk": {**zero, "waiting": 4, "scheduled": 1, "active": 2},  # waiting is global: everyone's messages
     }
 
 

@@ -34,6 +34,8 @@ EXPECTED_FIGURES = {
     "flow.rate",
     "flow.rate_busiest_second",
     "flow.limit_cost",
+    "fairness.b_start_p95",
+    "fairness.b_start_p50",
 }
 
 

@@ -253,9 +253,12 @@ def test_a_job_enqueued_while_its_queue_is_paused_is_held_blocked_and_released(c
     resumed = post(client, "/api/queues/bulk/resume", users["resumer"])
 
     assert resumed.json() == {"scope": "queue", "name": "bulk", "paused": False, "released": 2}
-    ids = [response.json()["id"] for response in created]
-    assert set(Job.objects.filter(pk__in=ids).values_list("state", flat=True)) == {Job.State.QUEUED}
-    assert client.get(created[0].json()["url"], **auth).json()["state"] == "queued"
+    # bulk takes turns between owners: the first goes to the queue, the second waits its turn
+    first, second = (client.get(response.json()["url"], **auth).json() for response in created)
+    assert (first["state"], first["blocked"]["code"]) == ("queued", "no_worker")  # no bulk worker here
+    assert (second["state"], second["blocked"]["code"]) == ("held", "fair_share")
+    assert "owners take turns on queue bulk" in second["blocked"]["message"]
+    assert "1 of its owner's jobs are ahead of it" in second["blocked"]["message"]
 
 
 def test_a_job_of_a_paused_task_is_blocked_by_the_task(client, users, auth):

@@ -9,7 +9,10 @@ import time
 from collections import Counter
 
 import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from tasks.models import Job, Pause
@@ -189,3 +192,24 @@ def test_a_rate_of_five_a_second_holds_over_twenty_seconds_and_fails_nothing(sta
     per_second = Counter(int((start - first).total_seconds()) for start in starts)
     assert (starts[-1] - first).total_seconds() >= 19  # 100 starts at 5 a second
     assert max(per_second.values()) <= 6, per_second  # the rate, and one start of tolerance
+
+
+def test_a_second_owners_job_starts_before_the_first_owners_backlog_drains(start_worker, start_relay):
+    alice, bob = (get_user_model().objects.create_user(name) for name in ("fair-alice", "fair-bob"))
+    start_worker(QueueName.BULK, concurrency=2)
+    start_relay()
+    backlog = job_enqueue_many(
+        requests=[JobRequest("ops.ping", queue=QueueName.BULK)] * 2000, owner=alice, origin="test"
+    )
+    alices = Job.objects.filter(owner=alice)
+    wait_until(lambda: alices.filter(state=Job.State.SUCCEEDED).count() >= 20, timeout=30, what="alice's jobs to flow")
+    assert job_blocked(Job.objects.get(pk=backlog[-1].pk)).code == "fair_share"
+
+    single = job_enqueue(task_name="ops.ping", queue=QueueName.BULK, owner=bob, origin="test")
+    wait_until(lambda: Job.objects.get(pk=single.pk).state == Job.State.SUCCEEDED, timeout=30, what="bob's job")
+
+    started = Job.objects.get(pk=single.pk).started_at
+    assert alices.filter(Q(started_at__isnull=True) | Q(started_at__gt=started)).count() > 1000
+    # Only alice's share of the queue (and the runs already under way) went before bob's job.
+    ahead = alices.filter(started_at__gt=single.created_at, started_at__lt=started).count()
+    assert ahead <= settings.FAIR_SHARE_DEPTH + 2, ahead

@@ -134,7 +134,7 @@ class BatchNotPublished(BatchAccepted):
 
 class BlockedOut(Schema):
     code: str = Field(
-        description="paused, concurrency, scheduled, workflow, unpublished or no_worker.",
+        description="paused, concurrency, rate, fair_share, scheduled, workflow, unpublished or no_worker.",
     )
     message: str = Field(description="One sentence: what holds the job, and until when or by whom.")
 

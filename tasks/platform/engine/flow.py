@@ -7,7 +7,13 @@ reason, and Redis never sees it. Held jobs are admitted when what holds them cle
 a slot freed by a run that ended (the worker asks at once; the relay sweeps every pass, which
 also covers runs that ended without their worker).
 
-A task without a limit pays one lookup of a per-process snapshot of the pauses (refreshed every
+On a fair-share queue (settings.FAIR_SHARE_QUEUES) owners take turns: a job with a share (its
+owner, or its task's ``share_by`` payload value) is written held, and admitted, by priority then
+age, while fewer than FAIR_SHARE_DEPTH of its share's jobs are in the queue (sent, not started).
+Each start of a share's job admits the next (the engine asks at once; the relay sweeps too), so
+another owner's job waits behind at most that many of one owner's, however many that owner has.
+
+A task without a limit, off a fair-share queue, pays one lookup of a per-process snapshot of the pauses (refreshed every
 PAUSES_TTL); a stale snapshot only lets a job reach its queue, where the worker's start checks the
 pauses again (``paused_by``, tasks.platform.selectors.flow) and holds it.
 """
@@ -18,9 +24,11 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from tasks.platform.concurrency import CONCURRENCY, RATES, flow_key
+from django.conf import settings
+
+from tasks.platform.concurrency import CONCURRENCY, KEY_MAX_LENGTH, RATES, SHARE_BY, flow_key
 from tasks.platform.models import FlowKey, Job, Pause, PauseScope
-from tasks.platform.models.jobs import SLOT_STATES, HeldReason
+from tasks.platform.models.jobs import IN_QUEUE_STATES, SLOT_STATES, HeldReason
 from tasks.platform.selectors.flow import interval_for, limit_for
 
 #: seconds a process trusts its snapshot of the pauses when it writes new jobs
@@ -45,12 +53,24 @@ def forget_pauses() -> None:
     _snapshot = (0.0, frozenset())
 
 
+def share_of(job: Job) -> str:
+    """Whose turn the job takes on a fair-share queue: its task's ``share_by`` field and value, else
+    its owner; "" off such a queue, and for a job with neither (the platform's own work)."""
+    if job.queue not in settings.FAIR_SHARE_QUEUES:
+        return ""
+    field = SHARE_BY.get(job.task_name)
+    if field is not None:
+        return f"{field}:{str(job.payload.get(field, ''))[:KEY_MAX_LENGTH]}"
+    return "" if job.owner_id is None else f"owner:{job.owner_id}"
+
+
 def admits_at_once(job: Job) -> bool:
-    """Whether the gate queues this job as it is: no limit, no rate, and not paused."""
+    """Whether the gate queues this job as it is: no limit, no rate, no share, and not paused."""
     paused = pauses()
     return (
         job.task_name not in CONCURRENCY
         and job.task_name not in RATES
+        and not share_of(job)
         and (PauseScope.QUEUE, job.queue) not in paused
         and (PauseScope.TASK, job.task_name) not in paused
     )
@@ -58,16 +78,19 @@ def admits_at_once(job: Job) -> bool:
 
 def gate(jobs: Iterable[Job]) -> list[Job]:
     """Decide, in memory, the state of jobs about to go to their queue: each becomes queued, or held
-    (paused, or counted against its key's limit until ``admit``); a limited task's job gets its
-    key. The queued ones are returned."""
+    (paused, or counted against its key's limit or its share until ``admit`` / ``admit_shares``);
+    a limited task's job gets its key, a fair-share queue's its share. The queued ones are returned."""
     paused = pauses()
     queued = []
     for job in jobs:
         job.flow_key = flow_key(job.task_name, job.payload)
+        job.share_key = share_of(job)
         if (PauseScope.QUEUE, job.queue) in paused or (PauseScope.TASK, job.task_name) in paused:
             job.state, job.held_reason = Job.State.HELD, HeldReason.PAUSED
         elif job.task_name in CONCURRENCY:
             job.state, job.held_reason = Job.State.HELD, HeldReason.CONCURRENCY
+        elif job.share_key and job.held_reason != HeldReason.RATE:  # a rate's turn is kept, not queued again
+            job.state, job.held_reason = Job.State.HELD, HeldReason.FAIR_SHARE
         else:
             # A job sent at its turn under its rate keeps that turn for its start.
             job.state = Job.State.QUEUED
@@ -82,6 +105,15 @@ def limited_keys(jobs: Iterable[Job]) -> set[tuple[str, str]]:
         (job.task_name, job.flow_key)
         for job in jobs
         if job.state == Job.State.HELD and job.held_reason == HeldReason.CONCURRENCY
+    }
+
+
+def held_shares(jobs: Iterable[Job]) -> set[tuple[str, str]]:
+    """(queue, share) of the jobs held for their share: those to admit."""
+    return {
+        (job.queue, job.share_key)
+        for job in jobs
+        if job.state == Job.State.HELD and job.held_reason == HeldReason.FAIR_SHARE
     }
 
 
@@ -131,6 +163,40 @@ def admissible(task_name: str, key: str, now: datetime) -> list[Job]:
     for job in jobs:
         job.state, job.held_reason, job.queued_at = Job.State.QUEUED, "", now
     return jobs
+
+
+def admissible_shares(queue: str, share: str, now: datetime) -> list[Job]:
+    """In the caller's transaction: the share's held jobs that fit in its places in the queue
+    (FAIR_SHARE_DEPTH, less those sent and not started), by priority then age, written queued. Held
+    rows another admitter locked are skipped, so a job is never admitted twice."""
+    held = Job.objects.filter(state=Job.State.HELD, held_reason=HeldReason.FAIR_SHARE, queue=queue, share_key=share)
+    if queue in settings.FAIR_SHARE_QUEUES:
+        first = list(
+            held.order_by("priority", "created_at", "pk").values_list("pk", flat=True)[: settings.FAIR_SHARE_DEPTH]
+        )
+        if first:
+            in_queue = Job.objects.filter(queue=queue, share_key=share, state__in=IN_QUEUE_STATES).count()
+            first = first[: max(settings.FAIR_SHARE_DEPTH - in_queue, 0)]
+    else:  # the queue takes turns no more: nothing holds them
+        first = list(held.values_list("pk", flat=True))
+    if not first:
+        return []
+    jobs = list(
+        Job.objects.select_for_update(skip_locked=True).filter(pk__in=first, state=Job.State.HELD).order_by("pk")
+    )
+    Job.objects.filter(pk__in=[job.pk for job in jobs]).update(state=Job.State.QUEUED, held_reason="", queued_at=now)
+    for job in jobs:
+        job.state, job.held_reason, job.queued_at = Job.State.QUEUED, "", now
+    return jobs
+
+
+def waiting_shares() -> list[tuple[str, str]]:
+    """(queue, share) of every share with jobs held: the relay's sweep admits each."""
+    return list(
+        Job.objects.filter(state=Job.State.HELD, held_reason=HeldReason.FAIR_SHARE)
+        .values_list("queue", "share_key")
+        .distinct()
+    )
 
 
 def waiting_keys() -> list[tuple[str, str]]:

@@ -50,7 +50,16 @@ logger = logging.getLogger(__name__)
 #: a publisher's claim older than this belongs to a process that died between commit and publish
 PUBLISH_CLAIM = timedelta(seconds=30)
 #: what a batch's claim reads of each job
-_CLAIM_FIELDS = ("pk", "state", "attempts", "attempts_before_retry", "max_attempts", "then_id", "has_next")
+_CLAIM_FIELDS = (
+    "pk",
+    "state",
+    "attempts",
+    "attempts_before_retry",
+    "max_attempts",
+    "then_id",
+    "has_next",
+    "share_key",
+)
 
 
 class ActionRefused(Exception):
@@ -123,12 +132,12 @@ class OrmEngine:
                 runnable = [job for job in runnable if id(job) in written]
             else:
                 self._insert_rows(jobs)
-            queued = [job for job in runnable if job.state == Job.State.QUEUED]
+            now = timezone.now()
+            queued = [job for job in runnable if job.state == Job.State.QUEUED] + self._take_turns(runnable, now)
             if queued:
-                self._owe([job.pk for job in queued], claimed_at=timezone.now())
+                self._owe([job.pk for job in queued], claimed_at=now)
                 self.publish_on_commit(queued)
-            if keys := flow.limited_keys(runnable):
-                transaction.on_commit(partial(self.admit, keys))
+            self._admit_on_commit(runnable)
         return jobs
 
     def _insert_keyed(self, jobs: list[Job], keyed: dict[tuple, Job]) -> list[Job]:
@@ -236,23 +245,42 @@ class OrmEngine:
     def _gated(self, jobs: list[Job], *, now: datetime, claimed_at: datetime | None) -> list[Job]:
         """In the caller's transaction, rows locked: jobs to go to their queue again pass the gate
         (tasks.platform.engine.flow): the queued ones get their messages owed (claimed at
-        ``claimed_at``; None: for the relay) and are returned; held ones are admitted after the
-        commit when a slot is free."""
+        ``claimed_at``; None: for the relay) and are returned, with those their shares' room in
+        the queue admits now; held ones of a limited key are admitted after the commit."""
         queued = flow.gate(jobs)
         for job in queued:
             job.queued_at = now
         outcomes = defaultdict(list)  # one UPDATE per outcome: a resume may release thousands alike
         for job in jobs:
-            outcomes[job.state, job.held_reason, job.flow_key, job.queued_at].append(job.pk)
-        for (state, held_reason, flow_key, queued_at), ids in outcomes.items():
+            outcomes[job.state, job.held_reason, job.flow_key, job.share_key, job.queued_at].append(job.pk)
+        for (state, held_reason, flow_key, share_key, queued_at), ids in outcomes.items():
             Job.objects.filter(pk__in=ids).update(
-                state=state, held_reason=held_reason, flow_key=flow_key, queued_at=queued_at
+                state=state, held_reason=held_reason, flow_key=flow_key, share_key=share_key, queued_at=queued_at
             )
+        queued += self._take_turns(jobs, now)
         if queued:
             self._owe([job.pk for job in queued], claimed_at=claimed_at)
+        self._admit_on_commit(jobs)
+        return queued
+
+    def _take_turns(self, jobs: list[Job], now: datetime) -> list[Job]:
+        """In the caller's transaction, jobs written: those just held for their share, and earlier
+        ones of their shares, that the shares' room in the queue admits now, written queued; the
+        caller owes their messages."""
+        admitted = {}
+        for queue, share in sorted(flow.held_shares(jobs)):
+            admitted.update((job.pk, job) for job in flow.admissible_shares(queue, share, now))
+        for job in jobs:
+            if job.pk in admitted:
+                job.state, job.held_reason, job.queued_at = Job.State.QUEUED, "", now
+                admitted[job.pk] = job
+        return list(admitted.values())
+
+    def _admit_on_commit(self, jobs: list[Job]) -> None:
+        """Held jobs of a limited key are admitted into its free slots once the caller's
+        transaction commits."""
         if keys := flow.limited_keys(jobs):
             transaction.on_commit(partial(self.admit, keys))
-        return queued
 
     # -- flow control ---------------------------------------------------------------------------
 
@@ -270,10 +298,25 @@ class OrmEngine:
             admitted += len(jobs)
         return admitted
 
+    def admit_shares(self, shares: Iterable[tuple[str, str]]) -> int:
+        """Held jobs of these (queue, share)s go into their shares' free places in the queue
+        (tasks.platform.engine.flow), each share in its own transaction, and are published; how many."""
+        now = timezone.now()
+        admitted = 0
+        for queue, share in sorted(shares):
+            with transaction.atomic():
+                jobs = flow.admissible_shares(queue, share, now)
+                if jobs:
+                    self._owe([job.pk for job in jobs], claimed_at=now)
+                    self.publish_on_commit(jobs)
+            admitted += len(jobs)
+        return admitted
+
     def admit_waiting(self, *, limit: int) -> int:
-        """The relay's sweep: every key with held jobs and a free slot admits them, and jobs held
-        for a pause that no longer exists pass the gate again (sent by the relay); how many."""
-        admitted = self.admit(flow.waiting_keys())
+        """The relay's sweep: every key with held jobs and a free slot admits them, so does every
+        share with held jobs and room in its queue, and jobs held for a pause that no longer exists
+        pass the gate again (sent by the relay); how many."""
+        admitted = self.admit(flow.waiting_keys()) + self.admit_shares(flow.waiting_shares())
         with transaction.atomic():
             freed = flow.unpaused(limit=limit)
             self._gated(list(freed), now=timezone.now(), claimed_at=None)
@@ -355,6 +398,7 @@ class OrmEngine:
             job.held_reason = ""
             job.save(update_fields=["attempts", "state", "started_at", "worker", "queue", "held_reason"])
             JobAttempt.objects.create(job=job, number=job.attempts, worker=worker, started_at=now)
+            self._next_turn([(job.queue, job.share_key)])
         job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
         return Attempt.started(job, max_attempts=max_attempts)
 
@@ -386,6 +430,7 @@ class OrmEngine:
             JobAttempt.objects.bulk_create(
                 JobAttempt(job_id=row.pk, number=row.attempts + 1, worker=worker, started_at=now) for row in runnable
             )
+            self._next_turn([(queue, row.share_key) for row in runnable])
         job_events_publish(
             [{"job_id": row.pk, "kind": "state", "state": Job.State.STARTED, "worker": worker} for row in runnable]
         )
@@ -393,6 +438,12 @@ class OrmEngine:
             str(row.pk): Attempt.started(row._replace(attempts=row.attempts + 1), max_attempts=max_attempts)
             for row in runnable
         }
+
+    def _next_turn(self, shares: Iterable[tuple[str, str]]) -> None:
+        """Started jobs left their shares' places in the queue: the next held ones of each share go
+        once the caller's transaction commits."""
+        if started := {(queue, share) for queue, share in shares if share}:
+            transaction.on_commit(partial(self.admit_shares, started))
 
     def _close_lost_attempts(self, jobs: list[Job], *, now: datetime, limit: int) -> list[Job]:
         """Jobs delivered again while started lost their worker (killed, OOM, crash): their running

@@ -51,13 +51,13 @@ WITH started AS (
         WHERE (pause.scope = %(queue_scope)s AND pause.name = COALESCE(NULLIF(%(queue)s, ''), {_JOB}.queue))
             OR (pause.scope = %(task_scope)s AND pause.name = {_JOB}.task_name)
     )
-    RETURNING id, attempts, attempts_before_retry, max_attempts, then_id,
+    RETURNING id, attempts, attempts_before_retry, max_attempts, then_id, queue, share_key,
         EXISTS (SELECT 1 FROM {_JOB} step WHERE step.after_id = {_JOB}.id AND step.state = %(waiting)s) AS has_next
 ), opened AS (
     INSERT INTO {_ATTEMPT} (job_id, number, worker, started_at, outcome, error)
     SELECT id, attempts, %(worker)s, %(now)s, %(running)s, '' FROM started
 )
-SELECT attempts, attempts_before_retry, max_attempts, then_id, has_next FROM started
+SELECT attempts, attempts_before_retry, max_attempts, then_id, has_next, queue, share_key FROM started
 """  # noqa: S608 - table names from the models, every value a parameter
 
 _SUCCEEDED = f"""
@@ -77,6 +77,8 @@ class _StartedRow(NamedTuple):
     max_attempts: int | None
     then_id: Any
     has_next: bool
+    queue: str
+    share_key: str
 
 
 class PostgresEngine(OrmEngine):
@@ -147,8 +149,10 @@ class PostgresEngine(OrmEngine):
             return super().begin_attempt(
                 job_id=job_id, task_name=task_name, queue=queue, worker=worker, max_attempts=max_attempts, **rest
             )
+        started = _StartedRow(*row)
+        self._next_turn([(started.queue, started.share_key)])
         job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
-        return Attempt.started(_StartedRow(*row), max_attempts=max_attempts)
+        return Attempt.started(started, max_attempts=max_attempts)
 
     def succeed(self, *, job_id: str, attempt: Attempt, result: Any) -> None:
         if attempt.in_workflow:

@@ -12,7 +12,7 @@ from tasks.platform.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_L
 class JobState(models.TextChoices):
     WAITING = "waiting", "Waiting (for an earlier step of its workflow)"
     PENDING = "pending", "Pending (its publish failed; the relay sends it)"
-    HELD = "held", "Held (its queue or task is paused, or its key is at its concurrency limit)"
+    HELD = "held", "Held (paused, at its concurrency limit, or waiting for its owner's fair share)"
     SCHEDULED = "scheduled", "Scheduled (delayed)"
     QUEUED = "queued", "Queued"
     STARTED = "started", "Started"
@@ -36,6 +36,8 @@ RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.DEAD, JobState.CANCELLED
 ACTIVE_STATES = tuple(state for state in JobState if state not in FINISHED_STATES)
 #: states of a job that holds one of its key's concurrency slots: admitted, not yet ended
 SLOT_STATES = (JobState.PENDING, JobState.QUEUED, JobState.STARTED)
+#: states of a job that takes one of its owner's places in a fair-share queue: sent, not yet started
+IN_QUEUE_STATES = (JobState.PENDING, JobState.QUEUED)
 
 
 class HeldReason(models.TextChoices):
@@ -45,6 +47,7 @@ class HeldReason(models.TextChoices):
     CONCURRENCY = "concurrency", "Its key is at its concurrency limit"
     #: of a scheduled job: its start waits for its turn under its task's rate (no attempt is used)
     RATE = "rate", "Its turn under its task's rate"
+    FAIR_SHARE = "fair_share", "Its owner has their share of its queue"
 
 
 class Job(models.Model):
@@ -89,6 +92,13 @@ class Job(models.Model):
         max_length=200,
         blank=True,
         help_text="Of a task with a concurrency limit or a rate: the payload value they count by (* for all).",
+    )
+    share_key = models.CharField(
+        "fair share of",
+        max_length=220,
+        blank=True,
+        help_text="On a fair-share queue: whose turn it takes (owner:<id>, or its task's declared "
+        "payload key and value); blank elsewhere.",
     )
     progress = models.PositiveSmallIntegerField("progress (%)", default=0)
     progress_message = models.CharField("progress message", max_length=200, blank=True)
@@ -191,6 +201,18 @@ class Job(models.Model):
                 fields=["task_name", "flow_key"],
                 name="job_flow_slots",
                 condition=models.Q(state__in=SLOT_STATES) & ~models.Q(flow_key=""),
+            ),
+            # A fair-share queue's jobs held for their share, in the order they are admitted; and
+            # those in the queue, counted at each admission. A job elsewhere (no share) is in neither.
+            models.Index(
+                fields=["queue", "share_key", "priority", "created_at", "id"],
+                name="job_share_held",
+                condition=models.Q(state=JobState.HELD, held_reason=HeldReason.FAIR_SHARE),
+            ),
+            models.Index(
+                fields=["queue", "share_key"],
+                name="job_share_in_queue",
+                condition=models.Q(state__in=IN_QUEUE_STATES) & ~models.Q(share_key=""),
             ),
             # What the relay scans every second: small, since published jobs leave it.
             models.Index(

@@ -14,7 +14,7 @@ from django.db.models import Q
 
 from tasks.platform.concurrency import CONCURRENCY, RATES, parse_rate
 from tasks.platform.models import ConcurrencyOverride, Job, Pause, PauseScope, RateOverride
-from tasks.platform.models.jobs import SLOT_STATES, HeldReason
+from tasks.platform.models.jobs import IN_QUEUE_STATES, SLOT_STATES, HeldReason
 from tasks.platform.queues import QueueName, consumer_key
 
 #: slot holders named in a concurrency reason
@@ -41,6 +41,8 @@ def job_blocked(job: Job) -> Blocked | None:
         by = pause.by.get_username() if pause.by else "the system"
         since = f"{pause.at:%Y-%m-%d %H:%M:%S} UTC"
         return Blocked("paused", f"its {pause.scope} {pause.name} is paused, by {by} via {pause.via} since {since}")
+    if job.state == Job.State.HELD and job.held_reason == HeldReason.FAIR_SHARE:
+        return _awaiting_turn(job)
     if job.state == Job.State.SCHEDULED and job.held_reason == HeldReason.RATE:
         rate = rate_for(job.task_name, job.flow_key)
         return Blocked("rate", f"{job.task_name} starts at most {rate}; its turn comes at {job.run_at:%H:%M:%S.%f} UTC")
@@ -108,6 +110,27 @@ def _at_limit(job: Job) -> Blocked:
     held_by = ", ".join(map(str, holders)) or "jobs that just ended"
     limit = limit_for(job.task_name, job.flow_key)
     return Blocked("concurrency", f"{job.task_name} runs at most {limit} at once{key}; its slots are held by {held_by}")
+
+
+def _awaiting_turn(job: Job) -> Blocked:
+    share = Job.objects.filter(queue=job.queue, share_key=job.share_key)
+    ahead = (
+        share.filter(state__in=IN_QUEUE_STATES).count()
+        + share.filter(
+            Q(priority__lt=job.priority)
+            | Q(priority=job.priority, created_at__lt=job.created_at)
+            | Q(priority=job.priority, created_at=job.created_at, pk__lt=job.pk),
+            state=Job.State.HELD,
+            held_reason=HeldReason.FAIR_SHARE,
+        ).count()
+    )
+    kind, _, value = job.share_key.partition(":")
+    whose = "its owner's" if kind == "owner" else f"{kind} {value}'s"
+    return Blocked(
+        "fair_share",
+        f"owners take turns on queue {job.queue}, {settings.FAIR_SHARE_DEPTH} job(s) each in the queue at once; "
+        f"{ahead} of {whose} jobs are ahead of it",
+    )
 
 
 @cache
