@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from tasks.models import ConcurrencyOverride, FlowEvent, Job, Pause, RateOverride
+from tasks.platform.concurrency import SHARE_BY
 from tasks.platform.selectors.flow import job_blocked
 from tests.fast.conftest import NOT_OWED, ago, attempts, built, claim, claimed, clock, noops, row, run, sent
 
@@ -246,6 +247,23 @@ def test_a_new_job_of_a_share_with_a_backlog_waits_behind_it_and_the_oldest_goes
 
     assert states(*backlog, later) == [State.CANCELLED, State.QUEUED, State.QUEUED, State.HELD]
     assert [job_id for _, job_id in sent(broker)] == [str(backlog[2].pk)]
+
+
+def test_a_task_that_shares_by_a_payload_field_takes_turns_per_value_not_per_owner(
+    engine, alice, bob, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setitem(SHARE_BY, "ops.ping", "hold_seconds")  # as share_by="hold_seconds" declares
+    tenant = [
+        bulk(owner, payload={"hold_seconds": 1}, created_at=ago(10 - n)) for n, owner in enumerate([alice, bob] * 2)
+    ]
+    other = bulk(None, payload={"hold_seconds": 2})
+
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.insert([*tenant, other])
+
+    assert states(*tenant, other) == [State.QUEUED] * 2 + [State.HELD] * 2 + [State.QUEUED]
+    assert {row(job).share_key for job in tenant} == {"hold_seconds:1"}
+    assert "hold_seconds 1's jobs are ahead" in job_blocked(row(tenant[3])).message
 
 
 def test_jobs_without_an_owner_and_jobs_off_fair_queues_go_at_once(engine, alice, django_capture_on_commit_callbacks):
