@@ -152,26 +152,46 @@ def test_a_killed_worker_gives_its_slots_back_and_the_jobs_finish(start_worker, 
     assert sampler.most["acct"] <= 2
 
 
-def test_each_reason_names_what_blocks_a_job_and_clears_with_it(start_worker, start_relay):
+def test_each_reason_shows_in_the_api_for_a_job_it_blocks_and_clears_with_it(
+    start_worker, start_relay, client, user, auth
+):
     start_relay()
     flow_pause(scope="queue", name=QueueName.BULK, via="test")
-    paused = job_enqueue(task_name="ops.ping", queue=QueueName.BULK, origin="test")
-    scheduled = job_enqueue(task_name="ops.ping", delay=5, origin="test")
-    first = job_enqueue(task_name="ops.ping", payload={"hold_seconds": 1}, origin="test")
-    step = job_enqueue(task_name="ops.ping", after=first, origin="test")
-    unconsumed = job_enqueue(task_name="ops.ping", queue=QueueName.CRITICAL, origin="test")
+    paused = job_enqueue(task_name="ops.ping", queue=QueueName.BULK, owner=user, origin="test")
+    scheduled = job_enqueue(task_name="ops.ping", delay=5, owner=user, origin="test")
+    first = job_enqueue(task_name="ops.ping", payload={"hold_seconds": 1}, owner=user, origin="test")
+    step = job_enqueue(task_name="ops.ping", after=first, owner=user, origin="test")
+    unconsumed = job_enqueue(task_name="ops.ping", queue=QueueName.CRITICAL, owner=user, origin="test")
+    limited = [
+        job_enqueue(task_name=LIMITED, payload={"account_id": "x", "hold_seconds": 1}, owner=user, origin="test")
+        for _ in range(3)
+    ]
 
     def why(job: Job) -> str | None:
-        blocked = job_blocked(Job.objects.get(pk=job.pk))
-        return None if blocked is None else blocked.code
+        blocked = client.get(f"/api/jobs/{job.pk}", **auth).json()["blocked"]
+        return None if blocked is None else blocked["code"]
 
-    assert [why(paused), why(scheduled), why(step), why(unconsumed)] == ["paused", "scheduled", "workflow", "no_worker"]
+    assert [why(paused), why(scheduled), why(step), why(unconsumed), why(limited[2])] == [
+        "paused",
+        "scheduled",
+        "workflow",
+        "no_worker",
+        "concurrency",
+    ]
+
+    flow_resume(scope="queue", name=QueueName.BULK, via="test")  # no bulk worker yet: the user's turn is taken
+    shared = job_enqueue(task_name="ops.ping", queue=QueueName.BULK, owner=user, origin="test")
+    assert why(shared) == "fair_share"
 
     start_worker(QUEUE)
+    paced = [job_enqueue(task_name="ops.paced", owner=user, origin="test") for _ in range(10)]  # Rate("5/s")
+    rated = Job.objects.filter(pk__in=[job.pk for job in paced], state=Job.State.SCHEDULED, held_reason="rate")
+    wait_until(rated.exists, timeout=20, what="a paced job waiting for its turn")
+    assert why(rated.order_by("-run_at").first()) == "rate"
+
     start_worker(QueueName.CRITICAL)
-    flow_resume(scope="queue", name=QueueName.BULK, via="test")
     start_worker(QueueName.BULK)
-    for job in (paused, scheduled, first, step, unconsumed):
+    for job in (paused, scheduled, first, step, unconsumed, *limited, shared, *paced):
         wait_until(lambda job=job: Job.objects.get(pk=job.pk).state == Job.State.SUCCEEDED, timeout=30, what="a job")
         assert why(job) is None
     assert Job.objects.get(pk=scheduled.pk).started_at >= scheduled.run_at

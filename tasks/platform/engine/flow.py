@@ -12,10 +12,11 @@ owner, or its task's ``share_by`` payload value) is written held, and admitted, 
 age, while fewer than FAIR_SHARE_DEPTH of its share's jobs are in the queue (sent, not started).
 Each start of a share's job admits the next (the engine asks at once; the relay sweeps too), so
 another owner's job waits behind at most that many of one owner's, however many that owner has.
+A job of a task with a concurrency limit is admitted by its limit alone, which already bounds it.
 
-A task without a limit, off a fair-share queue, pays one lookup of a per-process snapshot of the pauses (refreshed every
-PAUSES_TTL); a stale snapshot only lets a job reach its queue, where the worker's start checks the
-pauses again (``paused_by``, tasks.platform.selectors.flow) and holds it.
+A task without a limit, off a fair-share queue, pays one lookup of a per-process snapshot of the
+pauses (refreshed every PAUSES_TTL); a stale snapshot only lets a job reach its queue, where the
+worker's start checks the pauses again (``paused_by``, tasks.platform.selectors.flow) and holds it.
 """
 
 from __future__ import annotations
@@ -181,9 +182,7 @@ def admissible_shares(queue: str, share: str, now: datetime) -> list[Job]:
         first = list(held.values_list("pk", flat=True))
     if not first:
         return []
-    jobs = list(
-        Job.objects.select_for_update(skip_locked=True).filter(pk__in=first, state=Job.State.HELD).order_by("pk")
-    )
+    jobs = list(held.select_for_update(skip_locked=True).filter(pk__in=first).order_by("pk"))
     Job.objects.filter(pk__in=[job.pk for job in jobs]).update(state=Job.State.QUEUED, held_reason="", queued_at=now)
     for job in jobs:
         job.state, job.held_reason, job.queued_at = Job.State.QUEUED, "", now
