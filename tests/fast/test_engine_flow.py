@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from tasks.models import ConcurrencyOverride, FlowEvent, Job, Pause, RateOverride
+from tasks.models import ConcurrencyOverride, FlowEvent, FlowKey, Job, Pause, RateOverride
 from tasks.platform.concurrency import SHARE_BY
 from tasks.platform.selectors.flow import job_blocked
 from tests.fast.conftest import NOT_OWED, ago, attempts, built, claim, claimed, clock, noops, row, run, sent
@@ -343,7 +343,8 @@ def test_a_job_sent_at_its_turn_starts_without_taking_another(engine, broker):
     first, second = engine.insert([built(PACED, payload={}) for _ in range(2)])
     run(engine, first)
     run(engine, second)  # its turn: one interval from now
-    Job.objects.filter(pk=second.pk).update(run_at=ago(0.01))  # the turn came
+    Job.objects.filter(pk=second.pk).update(run_at=ago(0.01))  # the turn came,
+    FlowKey.objects.filter(task_name=PACED).update(last_start_at=ago(1))  # an interval after the first start
 
     [due] = engine.claim_due(limit=10)
     assert (due.pk, row(second).state, row(second).held_reason) == (second.pk, State.QUEUED, "rate")
@@ -351,6 +352,21 @@ def test_a_job_sent_at_its_turn_starts_without_taking_another(engine, broker):
     attempt = run(engine, second)
     assert attempt is not None
     assert (row(second).state, row(second).held_reason) == (State.STARTED, "")
+
+
+def test_turns_that_come_late_together_start_one_interval_apart(engine):
+    first, *late = engine.insert([built(PACED, payload={}) for _ in range(3)])
+    run(engine, first)
+    for job in late:
+        run(engine, job)  # each given a turn
+    Job.objects.filter(pk__in=[job.pk for job in late]).update(run_at=ago(0.5))  # both turns passed
+    FlowKey.objects.filter(task_name=PACED).update(last_start_at=ago(1))
+
+    assert run(engine, late[0]) is not None
+    assert run(engine, late[1]) is None  # it would start with the other: it takes the next turn
+
+    assert row(late[1]).state == State.SCHEDULED
+    assert row(late[1]).run_at >= row(late[0]).started_at + timedelta(milliseconds=150)
 
 
 def test_an_admins_rate_override_changes_the_interval(engine):

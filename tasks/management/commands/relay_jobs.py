@@ -1,11 +1,12 @@
 import logging
 import signal
 import threading
+import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from tasks.platform.services.relay import RELAY_BATCH, jobs_relay, relay_wait
+from tasks.platform.services.relay import DUE_CHECK_SECONDS, RELAY_BATCH, jobs_relay, relay_wait
 
 logger = logging.getLogger(__name__)
 
@@ -30,4 +31,17 @@ class Command(BaseCommand):
                 return
             # A full batch means more are waiting: go again at once.
             if published < RELAY_BATCH:
-                stopping.wait(relay_wait(interval))
+                _wait_for_next_pass(stopping, interval)
+
+
+def _wait_for_next_pass(stopping: threading.Event, interval: float) -> None:
+    """Until the next pass: ``interval`` later, or as soon as a delayed job, a retry or a rate's
+    turn falls due, looked for every DUE_CHECK_SECONDS (a worker hands out a rate's turns while
+    the relay waits)."""
+    next_pass = time.monotonic() + interval
+    while not stopping.is_set() and (left := next_pass - time.monotonic()) > 0:
+        wait = relay_wait(left)
+        if wait <= DUE_CHECK_SECONDS:
+            stopping.wait(wait)
+            return
+        stopping.wait(DUE_CHECK_SECONDS)

@@ -124,18 +124,25 @@ RATE_TOLERANCE = timedelta(milliseconds=50)
 
 def rate_turn(job: Job, now: datetime) -> datetime | None:
     """In the caller's transaction, at the start of a job of a task with a rate: None when it may
-    start now (its turn had come, or it was given one that is due), else the time of its turn, which
-    is now reserved for it. Turns are handed out from the key's FlowKey row, one interval apart."""
-    if job.held_reason == HeldReason.RATE and job.run_at is not None and job.run_at <= now + RATE_TOLERANCE:
-        return None
+    start now, else the time of its turn, which is now reserved for it. Turns are handed out from
+    the key's FlowKey row, one interval apart. A job that comes for its turn starts only if the
+    key's last start is an interval ago: turns that came late together (their messages queued
+    behind others) would otherwise start together, so all but the first take new turns."""
     interval = interval_for(job.task_name, job.flow_key)
     if interval is None:
         return None
     _lock_key(job.task_name, job.flow_key)
-    turn = FlowKey.objects.filter(task_name=job.task_name, key=job.flow_key).values_list("next_start_at", flat=True)[0]
-    turn = now if turn is None or turn < now else turn
-    FlowKey.objects.filter(task_name=job.task_name, key=job.flow_key).update(next_start_at=turn + interval)
-    return None if turn <= now + RATE_TOLERANCE else turn
+    row = FlowKey.objects.filter(task_name=job.task_name, key=job.flow_key)
+    next_turn, last_start = row.values_list("next_start_at", "last_start_at")[0]
+    spaced_from = now if last_start is None else last_start + interval
+    if spaced_from <= now + RATE_TOLERANCE:
+        came = job.held_reason == HeldReason.RATE and job.run_at is not None and job.run_at <= now + RATE_TOLERANCE
+        if came or next_turn is None or next_turn <= now + RATE_TOLERANCE:
+            row.update(last_start_at=now, next_start_at=max(next_turn or now, now + interval))
+            return None
+    turn = max(moment for moment in (now, next_turn, spaced_from) if moment is not None)
+    row.update(next_start_at=turn + interval)
+    return turn
 
 
 def _lock_key(task_name: str, key: str) -> None:

@@ -134,11 +134,12 @@ class RateOverride(models.Model):
 class FlowKey(models.Model):
     """One row per task and key with a concurrency limit or a rate: the lock that admits their
     jobs one admitter at a time, so two never fill the same free slot, and the time the rate lets
-    the next job start."""
+    the next job start, and when its last job started."""
 
     task_name = models.CharField("task", max_length=200)
     key = models.CharField("key value", max_length=KEY_MAX_LENGTH)
     next_start_at = models.DateTimeField("next start at", null=True, blank=True)
+    last_start_at = models.DateTimeField("last start at", null=True, blank=True)
 
     class Meta:
         verbose_name = "flow key"

@@ -15,6 +15,8 @@ from tasks.platform.selectors.jobs import jobs_next_due
 
 #: jobs claimed and published per pass (one Redis pipeline)
 RELAY_BATCH = 500
+#: how often a waiting relay looks for a job falling due before its next pass
+DUE_CHECK_SECONDS = 0.1
 #: the shortest wait between two passes, so that a due job another transaction holds is not spun on
 MIN_WAIT_SECONDS = 0.01
 
