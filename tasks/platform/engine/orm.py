@@ -287,25 +287,19 @@ class OrmEngine:
     def admit(self, keys: Iterable[tuple[str, str]]) -> int:
         """Held jobs of these (task, key)s go into their keys' free slots (tasks.platform.engine.flow),
         each key in its own transaction, and are published; how many."""
-        now = timezone.now()
-        admitted = 0
-        for task_name, key in sorted(keys):
-            with transaction.atomic():
-                jobs = flow.admissible(task_name, key, now)
-                if jobs:
-                    self._owe([job.pk for job in jobs], claimed_at=now)
-                    self.publish_on_commit(jobs)
-            admitted += len(jobs)
-        return admitted
+        return self._admit_each(keys, flow.admissible)
 
     def admit_shares(self, shares: Iterable[tuple[str, str]]) -> int:
         """Held jobs of these (queue, share)s go into their shares' free places in the queue
         (tasks.platform.engine.flow), each share in its own transaction, and are published; how many."""
+        return self._admit_each(shares, flow.admissible_shares)
+
+    def _admit_each(self, groups: Iterable[tuple[str, str]], admissible) -> int:
         now = timezone.now()
         admitted = 0
-        for queue, share in sorted(shares):
+        for first, second in sorted(groups):
             with transaction.atomic():
-                jobs = flow.admissible_shares(queue, share, now)
+                jobs = admissible(first, second, now)
                 if jobs:
                     self._owe([job.pk for job in jobs], claimed_at=now)
                     self.publish_on_commit(jobs)
