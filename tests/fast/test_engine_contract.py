@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from uuid_utils.compat import uuid7
@@ -118,6 +118,28 @@ def test_publish_sends_the_messages_then_deletes_their_outbox_rows(engine, broke
         assert (stored.state, claimed(job)) == (State.QUEUED, NOT_OWED)
         assert stored.queued_at in during
         assert (job.state, job.queued_at, job.publish_error) == (State.QUEUED, stored.queued_at, "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publish_commits_its_delete_asynchronously_only_in_its_own_transaction(broker):
+    """PostgreSQL's engine deletes a sent message's outbox row with synchronous_commit off for
+    that statement's transaction only: neither the session nor a caller's transaction keeps it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the PostgreSQL engine needs PostgreSQL (DATABASE_URL=postgres://...)")
+
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('synchronous_commit')")
+            return cursor.fetchone()[0]
+
+    alone = enqueue()  # autocommit: written, then sent and its outbox row deleted
+    assert (claimed(alone), synchronous_commit()) == (NOT_OWED, "on")
+
+    with transaction.atomic():
+        owe(alone, claimed_at=timezone.now())  # owed again, and published inside this transaction
+        PostgresEngine().publish([alone])
+        assert (claimed(alone), synchronous_commit()) == (NOT_OWED, "on")
+    assert sent(broker) == [("ops.ping", str(alone.pk))] * 2
 
 
 def test_publish_packs_first_attempts_of_short_tasks_unless_alone(engine, broker):

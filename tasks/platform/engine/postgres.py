@@ -5,7 +5,11 @@
   Their outbox rows are one statement over an array of ids. One job to run now, without a key, that
   the flow gate queues at once is one statement with its outbox row (outside a transaction: no
   BEGIN and COMMIT round trips).
-- ``publish`` deletes the outbox rows of the messages it sent in one statement.
+- ``publish`` deletes the outbox rows of the messages it sent in one statement, committed
+  asynchronously (PostgreSQL's ``synchronous_commit`` off, for that statement's transaction only):
+  the messages are out already, and a database crash that loses the delete only has the relay send
+  them again, as a publisher's own crash between send and delete does. Inside a caller's
+  transaction the setting would reach the caller's writes too, so there the delete is plain.
 - ``begin_attempt`` of a job neither started, held nor finished, whose queue and task are not
   paused, and ``succeed`` of a job no workflow waits for, are each one statement (data-modifying
   CTEs). Every other case takes the reference path.
@@ -36,6 +40,8 @@ _OUTBOX = JobOutbox._meta.db_table
 _PAUSE = Pause._meta.db_table
 
 _PUBLISHED = f"DELETE FROM {_OUTBOX} WHERE job_id = ANY(%s)"  # noqa: S608 - table name from the model
+# set_config(..., is_local => true) lasts until this statement's own (autocommit) transaction ends.
+_PUBLISHED_ASYNC = f"{_PUBLISHED} AND set_config('synchronous_commit', 'off', true) = 'off'"
 
 _OWE = f"""
 INSERT INTO {_OUTBOX} (job_id, claimed_at) SELECT unnest(%(ids)s::uuid[]), %(claimed_at)s
@@ -98,7 +104,7 @@ class PostgresEngine(OrmEngine):
 
     def _published(self, ids: list) -> None:
         with connection.cursor() as cursor:
-            cursor.execute(_PUBLISHED, [ids])
+            cursor.execute(_PUBLISHED if connection.in_atomic_block else _PUBLISHED_ASYNC, [ids])
 
     def _insert_rows(self, jobs: list[Job]) -> None:
         if len(jobs) == 1:
