@@ -144,6 +144,7 @@ def claim(engine: OrmEngine, jobs: list[Job], *, max_worker_losses: int | None =
     """``claim_batch`` as a worker's delivery of a batch message calls it."""
     return engine.claim_batch(
         job_ids=[str(job.pk) for job in jobs],
+        task_name=jobs[0].task_name,
         worker=WORKER,
         queue="default",
         max_attempts=settings.TASK_MAX_ATTEMPTS,

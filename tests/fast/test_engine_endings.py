@@ -106,6 +106,20 @@ def test_succeed_many_of_one_result_for_all(engine):
     assert [(row(job).state, row(job).result) for job in jobs] == [(State.SUCCEEDED, {"same": True})] * 2
 
 
+def test_succeed_many_closes_each_jobs_own_attempt_whatever_its_number(engine):
+    again, first = noops(2)
+    claim(engine, [again])
+    assert claim(engine, [again]) == {}  # delivered again while started: its attempt 1 is lost
+    claimed = claim(engine, [again, first])
+    assert (claimed[str(again.pk)].number, claimed[str(first.pk)].number) == (2, 1)
+
+    engine.succeed_many(results={str(job.pk): None for job in (again, first)}, attempts=claimed)
+
+    assert attempts(again) == [(1, "lost"), (2, "succeeded")]
+    assert attempts(first) == [(1, "succeeded")]
+    assert row(again).state == row(first).state == State.SUCCEEDED
+
+
 def test_succeed_many_of_nothing_does_nothing(engine):
     engine.succeed_many(results={}, attempts={})
 

@@ -397,7 +397,14 @@ class OrmEngine:
         return Attempt.started(job, max_attempts=max_attempts)
 
     def claim_batch(
-        self, *, job_ids: Sequence[str], worker: str, queue: str, max_attempts: int, max_worker_losses: int
+        self,
+        *,
+        job_ids: Sequence[str],
+        task_name: str,
+        worker: str,
+        queue: str,
+        max_attempts: int,
+        max_worker_losses: int,
     ) -> dict[str, Attempt]:
         """Start a batch's jobs that are not finished: job id -> its attempt. A batch with jobs
         already started lost its worker: nothing is claimed, the lost attempts are closed and every
@@ -412,7 +419,6 @@ class OrmEngine:
                 self._publish_again([job for job in jobs if job.state not in FINISHED_STATES], alone=True)
                 return {}
             runnable = [row for row in rows if row.state not in FINISHED_STATES and row.state != Job.State.HELD]
-            task_name = Job.objects.filter(pk__in=job_ids).values_list("task_name", flat=True).first()
             if runnable and paused_by(queue=queue, task_name=task_name) is not None:
                 Job.objects.filter(pk__in=[row.pk for row in runnable]).update(
                     state=Job.State.HELD, held_reason=HeldReason.PAUSED
@@ -487,7 +493,7 @@ class OrmEngine:
             succeeded = [str(pk) for pk, state, number in rows if state == Job.State.STARTED and str(pk) in current]
             if current:
                 JobAttempt.objects.filter(
-                    _any_of(Q(job_id=job_id, number=attempts[job_id].number) for job_id in current),
+                    _attempts_numbered({job_id: attempts[job_id].number for job_id in current}),
                     outcome=JobAttempt.Outcome.RUNNING,
                 ).update(outcome=JobAttempt.Outcome.SUCCEEDED, finished_at=now, error="")
             Job.objects.filter(pk__in=succeeded).update(
@@ -656,8 +662,13 @@ class OrmEngine:
             )
 
 
-def _any_of(conditions: Iterable[Q]) -> Q:
-    return reduce(operator.or_, conditions)
+def _attempts_numbered(numbers: dict[str, int]) -> Q:
+    """The attempts of these numbers (job id -> number): one IN per number, as a batch's jobs
+    mostly share theirs (a condition per job costs more to build than to run)."""
+    by_number: dict[int, list[str]] = defaultdict(list)
+    for job_id, number in numbers.items():
+        by_number[number].append(job_id)
+    return reduce(operator.or_, (Q(job_id__in=ids, number=number) for number, ids in by_number.items()))
 
 
 def _results_expression(results: dict[str, Any]) -> Any:

@@ -53,6 +53,7 @@ def run_batch(self: BatchTask, task: str, jobs: list[list]) -> dict[str, int]:
     try:
         attempts = engine().claim_batch(
             job_ids=[job_id for job_id, _ in jobs],
+            task_name=task,
             worker=request.hostname or "",
             queue=(request.delivery_info or {}).get("routing_key", ""),
             max_attempts=job_task.max_attempts or settings.TASK_MAX_ATTEMPTS,
