@@ -167,6 +167,10 @@ TASK_BACKOFF_BASE_SECONDS = env_int("TASK_BACKOFF_BASE_SECONDS", 2, minimum=0)
 TASK_BACKOFF_MAX_SECONDS = env_int("TASK_BACKOFF_MAX_SECONDS", 600, minimum=1)
 #: deliveries whose worker died mid-run (a poison job) before the job is dead
 TASK_MAX_WORKER_LOSSES = env_int("TASK_MAX_WORKER_LOSSES", 3, minimum=1)
+#: seconds without a heartbeat after which a worker counts as lost and the relay runs its started
+#: jobs again; at least three heartbeats (WORKER_HEARTBEAT_SECONDS, 1 s, apart) fit in it, so a
+#: heartbeat that comes late never makes a live worker's job run twice
+WORKER_LOST_AFTER = env_int("WORKER_LOST_AFTER", 30, minimum=3)
 
 # --- the shop: payments, e-mail, webhooks, maintenance --------------------------------------
 #: serve the sandbox payment gateway (/sandbox/payments/charges, test tokens tok_ok, tok_decline,

@@ -25,6 +25,17 @@ def consumer_key(queue: str) -> str:
     return f"platform:consumers:{queue}"
 
 
+#: seconds between a worker's heartbeats: that it is alive, and which jobs it runs in which process
+WORKER_HEARTBEAT_SECONDS = 1.0
+
+
+def worker_key(hostname: str) -> str:
+    """The Redis key that exists while the worker ``hostname`` answers: its latest heartbeat, written
+    by tasks.platform.heartbeats and read by tasks.platform.selectors.liveness; it expires
+    WORKER_LOST_AFTER seconds after the last one."""
+    return f"platform:workers:{hostname}"
+
+
 #: the Redis key of beat's leader lease (one per Redis database, i.e. per deployment): it exists
 #: while some beat leads (tasks.platform.beat)
 LEASE_KEY = "platform:beat:leader"

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from tasks.platform.concurrency import CONCURRENCY, RATES, SHARE_BY, Limit, Rate
 from tasks.platform.engine import Attempt, backoff_delay, engine
 from tasks.platform.errors import PermanentError
+from tasks.platform.heartbeats import renew as heartbeat_renew
 from tasks.platform.models import Job
 from tasks.platform.selectors.schedules import schedule_origins
 
@@ -126,8 +127,11 @@ class LedgerTask(Task):
                 logger.warning("%s: the next held job waits for the relay's sweep (%s)", self.name, exc)
 
     def report_progress(self, percent: int, message: str = "") -> None:
-        """Record how far the job is (0-100) and a short message; watchers see it live."""
+        """Record how far the job is (0-100) and a short message; watchers see it live. A heartbeat
+        of its worker too (tasks.platform.heartbeats)."""
         engine().report_progress(job_id=self.request.id, percent=percent, message=message)
+        if self.request.hostname:
+            heartbeat_renew(self.request.hostname)
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         # Called in the worker's main process for a hard time limit: the child that ran the task

@@ -1,6 +1,10 @@
 """Worker signal handlers: database connections kept across tasks, a message the worker
-refuses marks its ledger row dead, and each heartbeat says which queues this worker consumes
-(a key per queue that expires unless renewed, read by "why isn't my job running").
+refuses marks its ledger row dead, each heartbeat says which queues this worker consumes
+(a key per queue that expires unless renewed, read by "why isn't my job running"), and the
+worker's own heartbeat says it is alive and which jobs it runs.
+
+The worker's heartbeat (tasks.platform.heartbeats) beats from ``worker_ready`` to
+``worker_shutdown``, which Celery sends once the runs ended.
 
 The refusal handlers run in the worker's main process (the consumer), where Celery rejects or
 acknowledges such a message without running it; without them the job would sit ``queued`` in the
@@ -16,10 +20,19 @@ from functools import cache
 from typing import Any
 
 import redis
-from celery.signals import heartbeat_sent, task_postrun, task_prerun, task_rejected, task_unknown, worker_ready
+from celery.signals import (
+    heartbeat_sent,
+    task_postrun,
+    task_prerun,
+    task_rejected,
+    task_unknown,
+    worker_ready,
+    worker_shutdown,
+)
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
+from tasks.platform import heartbeats
 from tasks.platform.engine import engine
 from tasks.platform.queues import CONSUMER_TTL_SECONDS, consumer_key
 
@@ -52,6 +65,16 @@ def announce_consumed_queues(**_: Any) -> None:
             pipeline.execute()
     except redis.RedisError as exc:
         logger.warning("queues consumed not announced: %s", exc)
+
+
+@worker_ready.connect
+def start_heartbeat(sender: Any = None, **_: Any) -> None:
+    heartbeats.start(sender.hostname)
+
+
+@worker_shutdown.connect
+def stop_heartbeat(**_: Any) -> None:
+    heartbeats.stop()
 
 
 @task_prerun.connect

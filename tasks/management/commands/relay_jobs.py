@@ -6,13 +6,23 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from tasks.platform.services.relay import DUE_CHECK_SECONDS, RELAY_BATCH, jobs_relay, relay_wait
+from tasks.platform.services.relay import (
+    DUE_CHECK_SECONDS,
+    RECOVER_EVERY_SECONDS,
+    RELAY_BATCH,
+    jobs_recover,
+    jobs_relay,
+    relay_wait,
+)
 
 logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = "Run the relay: publish jobs that enqueue could not (Redis was down) and delayed jobs when due."
+    help = (
+        "Run the relay: publish jobs that enqueue could not (Redis was down) and delayed jobs when due, "
+        "and run again the started jobs of workers that stopped answering."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--once", action="store_true", help="one pass, then exit")
@@ -23,7 +33,12 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
         logger.info("relay: publishing unpublished jobs every %ss, and delayed ones when due", interval)
+        recover_at = time.monotonic()
         while not stopping.is_set():
+            if time.monotonic() >= recover_at:
+                recover_at = time.monotonic() + RECOVER_EVERY_SECONDS
+                if recovered := jobs_recover():
+                    logger.warning("relay: %d started job(s) lost their run and were recovered", recovered)
             published = jobs_relay()
             if published:
                 logger.info("relay: published %d job(s)", published)

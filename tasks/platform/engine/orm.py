@@ -44,6 +44,7 @@ from tasks.platform.engine.workflows import steps_rearmed, steps_released, steps
 from tasks.platform.models import FlowEvent, Job, JobAction, JobAttempt, JobOutbox, Pause, PauseScope
 from tasks.platform.models.jobs import FINISHED_STATES, RETRYABLE_STATES, HeldReason
 from tasks.platform.selectors.flow import paused_by
+from tasks.platform.selectors.liveness import LostRun, runs_going_on
 
 logger = logging.getLogger(__name__)
 
@@ -363,9 +364,13 @@ class OrmEngine:
     ) -> Attempt | None:
         """Start a job that is not finished and open its attempt; None means do not run (finished,
         cancelled, held, dead now because its workers kept dying, held now because its queue or
-        task is paused, or scheduled for its turn under its task's rate). A job found started lost its
-        worker: that attempt is closed as lost first. A message without a row (another producer)
-        gets its row here, so the ledger knows every job that ran."""
+        task is paused, scheduled for its turn under its task's rate, or started by a run that goes
+        on: the message is a duplicate). A job found started whose run stopped (its worker's
+        heartbeat no longer lists it: tasks.platform.selectors.liveness) lost it: that attempt is
+        closed as lost first. A message without a row (another producer) gets its row here, so the
+        ledger knows every job that ran. Asking whether a run goes on waits for its worker's next
+        heartbeat (a second; a few for a silent worker), the job's row locked: only a job found
+        started pays it."""
         now = timezone.now()
         with transaction.atomic():
             job = with_next_steps(Job.objects.select_for_update().filter(pk=job_id)).first()
@@ -375,8 +380,11 @@ class OrmEngine:
                 job = with_next_steps(Job.objects.select_for_update().filter(pk=job_id)).get()
             if job.state in FINISHED_STATES or job.state == Job.State.HELD:
                 return None
-            if job.state == Job.State.STARTED and self._close_lost_attempts([job], now=now, limit=max_worker_losses):
-                return None
+            if job.state == Job.State.STARTED:
+                if runs_going_on({job_id: job.worker}, here=worker):
+                    return None  # a duplicate: acknowledged and dropped, the run it repeats goes on
+                if self._close_lost_attempts([job], now=now, limit=max_worker_losses):
+                    return None
             if paused_by(queue=queue or job.queue, task_name=job.task_name) is not None:
                 # Sent before its queue or task was paused: it waits, held, and costs no attempt.
                 job.state, job.held_reason = Job.State.HELD, HeldReason.PAUSED
@@ -407,13 +415,17 @@ class OrmEngine:
         max_worker_losses: int,
     ) -> dict[str, Attempt]:
         """Start a batch's jobs that are not finished: job id -> its attempt. A batch with jobs
-        already started lost its worker: nothing is claimed, the lost attempts are closed and every
-        unfinished job is published again alone, so a poison job dies alone."""
+        already started was delivered before: nothing is claimed, the attempts whose run stopped
+        are closed as lost (as in ``begin_attempt``) and every unfinished job whose run does not
+        go on is published again alone, so a poison job dies alone."""
         now = timezone.now()
         with transaction.atomic():
             rows = list(with_next_steps(_locked(job_ids)).values_list(*_CLAIM_FIELDS, named=True))
             if any(row.state == Job.State.STARTED for row in rows):
                 jobs = list(Job.objects.filter(pk__in=job_ids))  # locked already
+                started = {str(job.pk): job.worker for job in jobs if job.state == Job.State.STARTED}
+                going_on = runs_going_on(started, here=worker)
+                jobs = [job for job in jobs if str(job.pk) not in going_on]
                 lost = [job for job in jobs if job.state == Job.State.STARTED]
                 self._close_lost_attempts(lost, now=now, limit=max_worker_losses)
                 self._publish_again([job for job in jobs if job.state not in FINISHED_STATES], alone=True)
@@ -445,13 +457,15 @@ class OrmEngine:
         if started := {(queue, share) for queue, share in shares if share}:
             transaction.on_commit(partial(self.admit_shares, started))
 
-    def _close_lost_attempts(self, jobs: list[Job], *, now: datetime, limit: int) -> list[Job]:
-        """Jobs delivered again while started lost their worker (killed, OOM, crash): their running
-        attempts close as lost. Those lost ``limit`` times since their last retry are dead (a
-        poison job); they are returned. Rows locked by the caller."""
+    def _close_lost_attempts(
+        self, jobs: list[Job], *, now: datetime, limit: int, reason: str = "the worker was lost during the run"
+    ) -> list[Job]:
+        """Started jobs whose run stopped (their worker or its process killed, OOM, crash, frozen):
+        their running attempts close as lost, with ``reason``. Those lost ``limit`` times since their
+        last retry are dead (a poison job); they are returned. Rows locked by the caller."""
         ids = [job.pk for job in jobs]
         JobAttempt.objects.filter(job_id__in=ids, outcome=JobAttempt.Outcome.RUNNING).update(
-            outcome=JobAttempt.Outcome.LOST, finished_at=now, error="the worker was lost during the run"
+            outcome=JobAttempt.Outcome.LOST, finished_at=now, error=reason
         )
         losses = Counter(
             JobAttempt.objects.filter(
@@ -466,6 +480,29 @@ class OrmEngine:
             self._stop_following(job.pk, Job.State.DEAD, reason)
             job_event_publish(job_id=job.pk, kind="state", state=Job.State.DEAD, error=reason)
         return dead
+
+    def recover_lost(self, *, runs: dict[str, LostRun], max_worker_losses: int) -> int:
+        """The relay's recovery: started jobs whose run stopped without their worker's word (it
+        stopped answering, or no longer runs them: tasks.platform.selectors.liveness), job id -> the
+        lost run. Each running attempt closes as lost with the run's reason; a job lost
+        ``max_worker_losses`` times since its last retry is dead, the others pass the gate again and
+        are published alone after the commit. A job no longer started by that attempt (it ended,
+        or it started again since it was found) is left as it is. How many were recovered."""
+        now = timezone.now()
+        with transaction.atomic():
+            jobs = [
+                job
+                for job in _locked(list(runs))
+                if job.state == Job.State.STARTED and job.attempts == runs[str(job.pk)].attempt
+            ]
+            by_reason = defaultdict(list)
+            for job in jobs:
+                by_reason[runs[str(job.pk)].reason].append(job)
+            dead = []
+            for reason, lost in by_reason.items():
+                dead += self._close_lost_attempts(lost, now=now, limit=max_worker_losses, reason=reason)
+            self._publish_again([job for job in jobs if job not in dead], alone=True)
+        return len(jobs)
 
     def report_progress(self, *, job_id: str, percent: int, message: str = "") -> None:
         """How far a job is (0-100): any state; not a transition, and no lock."""
