@@ -16,7 +16,6 @@ import json
 import logging
 import threading
 import time
-from functools import cache
 from typing import Any
 
 import redis
@@ -24,7 +23,7 @@ from celery.worker import state as worker_state
 from django.conf import settings
 
 from tasks.platform.engine.publish import BATCH_TASK
-from tasks.platform.queues import WORKER_HEARTBEAT_SECONDS, worker_key
+from tasks.platform.queues import WORKER_HEARTBEAT_SECONDS, platform_redis, worker_key
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +32,6 @@ logger = logging.getLogger(__name__)
 _beating: dict[str, Any] = {}
 #: when this process last renewed its worker's heartbeat from a progress report (monotonic)
 _renewed_at = [float("-inf")]
-
-
-@cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
 
 
 def start(hostname: str) -> None:
@@ -55,7 +49,7 @@ def stop() -> None:
     _beating["stopped"].set()
     _beating["thread"].join(WORKER_HEARTBEAT_SECONDS)  # its last heartbeat is not written after the delete
     try:
-        _redis().delete(worker_key(_beating["hostname"]))
+        platform_redis().delete(worker_key(_beating["hostname"]))
     except redis.RedisError as exc:
         logger.warning("heartbeat key not deleted (it expires): %s", exc)
 
@@ -69,7 +63,7 @@ def renew(hostname: str) -> None:
         return
     _renewed_at[0] = now
     try:
-        _redis().expire(worker_key(hostname), settings.WORKER_LOST_AFTER)
+        platform_redis().expire(worker_key(hostname), settings.WORKER_LOST_AFTER)
     except redis.RedisError as exc:
         logger.warning("heartbeat not renewed: %s", exc)
 
@@ -79,7 +73,7 @@ def _beat(hostname: str, stopped: threading.Event) -> None:
         # Its time to live goes with it: a reader tells its age from the key's, by Redis's clock.
         heartbeat = json.dumps({"beat": beat, "ttl": settings.WORKER_LOST_AFTER, "runs": _runs()})
         try:
-            _redis().set(worker_key(hostname), heartbeat, ex=settings.WORKER_LOST_AFTER)
+            platform_redis().set(worker_key(hostname), heartbeat, ex=settings.WORKER_LOST_AFTER)
         except redis.RedisError as exc:
             logger.warning("heartbeat not sent: %s", exc)
         if stopped.wait(WORKER_HEARTBEAT_SECONDS):

@@ -1,5 +1,10 @@
-"""The platform's queues, declared once: celeryconfig, the API, admin, Procfile and compose use these."""
+"""The platform's queues, declared once: celeryconfig, the API, admin, Procfile and compose use these;
+and the platform's own Redis keys and the client that reads and writes them."""
 
+from functools import cache
+
+import redis
+from django.conf import settings
 from django.db import models
 
 
@@ -39,3 +44,10 @@ def worker_key(hostname: str) -> str:
 #: the Redis key of beat's leader lease (one per Redis database, i.e. per deployment): it exists
 #: while some beat leads (tasks.platform.beat)
 LEASE_KEY = "platform:beat:leader"
+
+
+@cache
+def platform_redis() -> redis.Redis:
+    """The client of the platform's own keys (consumers, heartbeats): one-second timeouts, so a
+    Redis that does not answer costs its caller a second, never a hang."""
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)

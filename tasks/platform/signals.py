@@ -16,7 +16,6 @@ A body the worker cannot decode has no signal: ``tasks.platform.worker.LedgerCon
 from __future__ import annotations
 
 import logging
-from functools import cache
 from typing import Any
 
 import redis
@@ -29,12 +28,11 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
-from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from tasks.platform import heartbeats
 from tasks.platform.engine import engine
-from tasks.platform.queues import CONSUMER_TTL_SECONDS, consumer_key
+from tasks.platform.queues import CONSUMER_TTL_SECONDS, consumer_key, platform_redis
 
 logger = logging.getLogger(__name__)
 
@@ -48,18 +46,13 @@ def remember_consumed_queues(sender: Any = None, **_: Any) -> None:
     announce_consumed_queues()
 
 
-@cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-
-
 @heartbeat_sent.connect
 def announce_consumed_queues(**_: Any) -> None:
     """This worker is alive and consumes its queues: their keys live CONSUMER_TTL_SECONDS more."""
     if not _consumed:
         return
     try:
-        with _redis().pipeline(transaction=False) as pipeline:
+        with platform_redis().pipeline(transaction=False) as pipeline:
             for queue in _consumed:
                 pipeline.set(consumer_key(queue), "1", ex=CONSUMER_TTL_SECONDS)
             pipeline.execute()

@@ -17,13 +17,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 
 import redis
 from django.conf import settings
 
 from tasks.platform.models import Job
-from tasks.platform.queues import WORKER_HEARTBEAT_SECONDS, worker_key
+from tasks.platform.queues import WORKER_HEARTBEAT_SECONDS, platform_redis, worker_key
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +61,13 @@ class LostRun:
     reason: str
 
 
-@cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-
-
 def heartbeats(workers: Iterable[str]) -> dict[str, Heartbeat | None]:
     """Each worker's latest heartbeat, None for one that stopped answering (one round trip).
     Raises redis.RedisError when Redis does not answer."""
     workers = sorted(set(workers))
     if not workers:
         return {}
-    with _redis().pipeline(transaction=False) as pipeline:
+    with platform_redis().pipeline(transaction=False) as pipeline:
         for worker in workers:
             pipeline.get(worker_key(worker))
             pipeline.pttl(worker_key(worker))
@@ -172,4 +166,4 @@ def runs_lost(*, started_before: datetime, limit: int) -> dict[str, LostRun]:
 
 def _redis_uptime() -> int:
     """Seconds since the Redis server started."""
-    return int(_redis().info("server")["uptime_in_seconds"])
+    return int(platform_redis().info("server")["uptime_in_seconds"])
