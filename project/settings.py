@@ -172,6 +172,26 @@ TASK_MAX_WORKER_LOSSES = env_int("TASK_MAX_WORKER_LOSSES", 3, minimum=1)
 #: heartbeat that comes late never makes a live worker's job run twice
 WORKER_LOST_AFTER = env_int("WORKER_LOST_AFTER", 30, minimum=3)
 
+# Alerts from the ledger (tasks.platform.services.alerts): each rule's default threshold; admins
+# override them per queue or per task (Alert thresholds). Seconds unless said otherwise.
+#: the oldest queued job of a queue has waited this long for a worker to start it
+ALERT_LATENCY_SECONDS = env_int("ALERT_LATENCY_SECONDS", 300, minimum=1)
+#: jobs have waited queued this long on a queue no live worker consumes
+ALERT_NO_CONSUMER_SECONDS = env_int("ALERT_NO_CONSUMER_SECONDS", 60, minimum=1)
+#: a queue runs jobs and none of them started (took a slot another job freed) for this long
+ALERT_STALLED_SECONDS = env_int("ALERT_STALLED_SECONDS", 900, minimum=1)
+#: more than this many jobs of a queue died within ALERT_DEAD_LETTERS_WINDOW_SECONDS
+ALERT_DEAD_LETTERS = env_int("ALERT_DEAD_LETTERS", 10, minimum=1)
+ALERT_DEAD_LETTERS_WINDOW_SECONDS = env_int("ALERT_DEAD_LETTERS_WINDOW_SECONDS", 300, minimum=1)
+#: a schedule's due run has not been fired this long after its due time (or its latest run failed)
+ALERT_SCHEDULE_LATE_SECONDS = env_int("ALERT_SCHEDULE_LATE_SECONDS", 120, minimum=1)
+#: a started job ran this long past its soft time limit and no worker heartbeat lists it
+ALERT_OVERRUN_SECONDS = env_int("ALERT_OVERRUN_SECONDS", 60, minimum=1)
+#: an open alert resolves once its condition has been clear this long (no flapping on one good reading)
+ALERT_RESOLVE_AFTER_SECONDS = env_int("ALERT_RESOLVE_AFTER_SECONDS", 60, minimum=0)
+#: who gets alert e-mails (comma-separated); empty: the active superusers' addresses
+ALERT_EMAILS = env_list("ALERT_EMAILS", "")
+
 # --- the shop: payments, e-mail, webhooks, maintenance --------------------------------------
 #: serve the sandbox payment gateway (/sandbox/payments/charges, test tokens tok_ok, tok_decline,
 #: tok_flaky, tok_slow); on with DEBUG (`make run`), never where real payments are taken

@@ -3,7 +3,17 @@
 from tasks.maintenance import admin as maintenance_admin
 from tasks.notifications import admin as notifications_admin
 from tasks.orders import admin as orders_admin
-from tasks.platform.admin import flow, jobs, schedules
+from tasks.platform.admin import alerts, flow, jobs, metrics, schedules
 from tasks.reports import admin as reports_admin
 
-__all__ = ["flow", "jobs", "maintenance_admin", "notifications_admin", "orders_admin", "reports_admin", "schedules"]
+__all__ = [
+    "alerts",
+    "flow",
+    "jobs",
+    "maintenance_admin",
+    "metrics",
+    "notifications_admin",
+    "orders_admin",
+    "reports_admin",
+    "schedules",
+]

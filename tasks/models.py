@@ -4,6 +4,8 @@ domain's. Code imports a model from its own package; this index is for Django, t
 from tasks.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tasks.orders.models import OpsAlert, Order, OrderItem, OrderStep, Product
 from tasks.platform.models import (
+    Alert,
+    AlertThreshold,
     ApiToken,
     ConcurrencyOverride,
     EnqueueLimits,
@@ -12,6 +14,7 @@ from tasks.platform.models import (
     Job,
     JobAction,
     JobAttempt,
+    JobMetric,
     JobOutbox,
     MissedRunPolicy,
     Pause,
@@ -21,6 +24,8 @@ from tasks.platform.models import (
 from tasks.reports.models import Report
 
 __all__ = [
+    "Alert",
+    "AlertThreshold",
     "ApiToken",
     "ConcurrencyOverride",
     "EnqueueLimits",
@@ -29,6 +34,7 @@ __all__ = [
     "Job",
     "JobAction",
     "JobAttempt",
+    "JobMetric",
     "JobOutbox",
     "MissedRunPolicy",
     "OpsAlert",

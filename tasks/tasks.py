@@ -4,7 +4,16 @@ module registers its tasks."""
 from tasks.maintenance import tasks as maintenance_tasks
 from tasks.notifications import tasks as notification_tasks
 from tasks.orders import tasks as order_tasks
-from tasks.platform.tasks import batches, ops, retention
+from tasks.platform.tasks import alerts, batches, ops, retention
 from tasks.reports import tasks as report_tasks
 
-__all__ = ["batches", "maintenance_tasks", "notification_tasks", "ops", "order_tasks", "report_tasks", "retention"]
+__all__ = [
+    "alerts",
+    "batches",
+    "maintenance_tasks",
+    "notification_tasks",
+    "ops",
+    "order_tasks",
+    "report_tasks",
+    "retention",
+]

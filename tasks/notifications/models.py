@@ -12,13 +12,16 @@ from tasks.platform.models.jobs import Job
 
 
 class WebhookEvent(models.TextChoices):
-    """The events a webhook endpoint may subscribe to: one per order status change."""
+    """The events a webhook endpoint may subscribe to: one per order status change, and the
+    platform's alerts opening and resolving (tasks.platform.services.alerts)."""
 
     ORDER_PAID = "order.paid", "Order paid"
     ORDER_RESERVED = "order.reserved", "Order reserved"
     ORDER_CONFIRMED = "order.confirmed", "Order confirmed"
     ORDER_FAILED = "order.failed", "Order failed"
     ORDER_CANCELLED = "order.cancelled", "Order cancelled"
+    ALERT_OPENED = "alert.opened", "Alert opened"
+    ALERT_RESOLVED = "alert.resolved", "Alert resolved"
 
 
 #: bytes of randomness in a generated signing secret

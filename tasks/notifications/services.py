@@ -1,4 +1,5 @@
-"""Webhooks: order events delivered to the endpoints admins registered, signed, with retries.
+"""Webhooks: order events and the platform's alerts, delivered signed to the endpoints admins
+registered, with retries.
 
 ``webhook_event_dispatch`` runs in the caller's transaction (an order's status change): one
 ``WebhookDelivery`` and one ``webhooks.deliver`` job per active endpoint subscribed to the event,
@@ -35,10 +36,13 @@ from typing import Any
 import requests
 from django.conf import settings
 from django.db import transaction
+from django.dispatch import receiver
 from django.utils import timezone
 
 from tasks.notifications.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tasks.platform.errors import PermanentError
+from tasks.platform.models import Alert
+from tasks.platform.services.alerts import alert_opened, alert_resolved
 from tasks.platform.services.jobs import job_enqueue
 
 logger = logging.getLogger(__name__)
@@ -171,3 +175,30 @@ def _answer_start(response: requests.Response) -> str:
     except requests.RequestException:
         return ""
     return chunk.decode(errors="replace")[:ERROR_BODY_CHARS].strip()
+
+
+def _alert_data(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.pk,
+        "rule": alert.rule,
+        "subject": alert.subject,
+        "state": alert.state,
+        "message": alert.message,
+        "value": alert.value,
+        "threshold": alert.threshold,
+        "opened_at": alert.opened_at.isoformat(),
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+    }
+
+
+# The platform announces its alerts with a signal (it never imports the shop): each opening and
+# resolving becomes a signed delivery to the subscribed endpoints, queued in the transaction that
+# opened or resolved the alert, so it is sent after commit, once, with the deliveries' retries.
+@receiver(alert_opened, dispatch_uid="webhook_alert_opened")
+def webhook_alert_opened(sender: Any, *, alert: Alert, **_: Any) -> None:
+    webhook_event_dispatch(event=WebhookEvent.ALERT_OPENED, data=_alert_data(alert))
+
+
+@receiver(alert_resolved, dispatch_uid="webhook_alert_resolved")
+def webhook_alert_resolved(sender: Any, *, alert: Alert, **_: Any) -> None:
+    webhook_event_dispatch(event=WebhookEvent.ALERT_RESOLVED, data=_alert_data(alert))

@@ -138,6 +138,8 @@ API_EXPECTED = {
     "task_pause": FLOW_CONTROL,
     "task_resume": FLOW_CONTROL,
     "pause_list": LISTED,
+    # Everyone's figures: staff who may view every job.
+    "metric_history": {"anonymous": 401} | dict.fromkeys(USERS, 403) | {"viewer": 200, "superuser": 200},
     "order_create": CREATED,
     "order_list": LISTED,
     "order_get": OWN_OBJECT,
@@ -410,10 +412,11 @@ def _flower_routes() -> list[tuple[str, list[str]]]:
     """(path, methods) of every Flower handler, Flower's own and the platform's."""
     from flower.urls import handlers
 
+    from tasks.platform.flower.alerts import alert_handlers
     from tasks.platform.flower.handlers import platform_handlers
 
     routes = []
-    for spec in [*handlers, *platform_handlers()]:
+    for spec in [*handlers, *platform_handlers(), *alert_handlers()]:
         pattern, handler = (spec.regex.pattern, spec.handler_class) if hasattr(spec, "regex") else spec[:2]
         if pattern == ".*":
             continue  # the catch-all 404

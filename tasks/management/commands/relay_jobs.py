@@ -6,6 +6,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from tasks.platform.services.metric_history import FLUSH_EVERY_SECONDS, metrics_flush_pass
 from tasks.platform.services.relay import (
     DUE_CHECK_SECONDS,
     RECOVER_EVERY_SECONDS,
@@ -21,7 +22,8 @@ logger = logging.getLogger(__name__)
 class Command(BaseCommand):
     help = (
         "Run the relay: publish jobs that enqueue could not (Redis was down) and delayed jobs when due, "
-        "and run again the started jobs of workers that stopped answering."
+        "run again the started jobs of workers that stopped answering, and copy the metric history's "
+        "counts from Redis into the database."
     )
 
     def add_arguments(self, parser) -> None:
@@ -33,8 +35,11 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
         logger.info("relay: publishing unpublished jobs every %ss, and delayed ones when due", interval)
-        recover_at = time.monotonic()
+        recover_at = flush_at = time.monotonic()
         while not stopping.is_set():
+            if time.monotonic() >= flush_at:
+                flush_at = time.monotonic() + FLUSH_EVERY_SECONDS
+                metrics_flush_pass()
             if time.monotonic() >= recover_at:
                 recover_at = time.monotonic() + RECOVER_EVERY_SECONDS
                 if recovered := jobs_recover():

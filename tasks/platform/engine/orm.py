@@ -26,7 +26,7 @@ import operator
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial, reduce
 from typing import Any
@@ -36,6 +36,7 @@ from django.db import transaction
 from django.db.models import Case, F, JSONField, Q, QuerySet, Value, When
 from django.utils import timezone
 
+from tasks.platform import metric_counts
 from tasks.platform.concurrency import RATES
 from tasks.platform.engine import flow
 from tasks.platform.engine import publish as messages
@@ -60,6 +61,7 @@ _CLAIM_FIELDS = (
     "then_id",
     "has_next",
     "share_key",
+    "queued_at",
 )
 
 
@@ -78,9 +80,16 @@ class Attempt:
     then_id: object = None
     #: whether workflow steps wait for this job
     has_next: bool = False
+    #: the run's queue and task, and when it started: what its end is counted under
+    #: (tasks.platform.metric_counts); not part of what an attempt is
+    queue: str = field(default="", compare=False)
+    task_name: str = field(default="", compare=False)
+    started_at: datetime | None = field(default=None, compare=False)
 
     @classmethod
-    def started(cls, job: Any, *, max_attempts: int) -> Attempt:
+    def started(
+        cls, job: Any, *, max_attempts: int, queue: str = "", task_name: str = "", started_at: datetime | None = None
+    ) -> Attempt:
         """The attempt a job (a row or a model) was just started for; ``max_attempts``: the task's."""
         return cls(
             number=job.attempts,
@@ -88,6 +97,9 @@ class Attempt:
             allowed=job.max_attempts or max_attempts,
             then_id=job.then_id,
             has_next=job.has_next,
+            queue=queue or getattr(job, "queue", ""),
+            task_name=task_name,
+            started_at=started_at,
         )
 
     @property
@@ -139,6 +151,7 @@ class OrmEngine:
                 self._owe([job.pk for job in queued], claimed_at=now)
                 self.publish_on_commit(queued)
             self._admit_on_commit(runnable)
+            count_enqueued_on_commit(jobs)
         return jobs
 
     def _insert_keyed(self, jobs: list[Job], keyed: dict[tuple, Job]) -> list[Job]:
@@ -402,7 +415,8 @@ class OrmEngine:
             JobAttempt.objects.create(job=job, number=job.attempts, worker=worker, started_at=now)
             self._next_turn([(job.queue, job.share_key)])
         job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
-        return Attempt.started(job, max_attempts=max_attempts)
+        metric_counts.count(started=[(job.queue, job.task_name, metric_counts.seconds_between(job.queued_at, now))])
+        return Attempt.started(job, max_attempts=max_attempts, task_name=job.task_name, started_at=now)
 
     def claim_batch(
         self,
@@ -446,8 +460,17 @@ class OrmEngine:
         job_events_publish(
             [{"job_id": row.pk, "kind": "state", "state": Job.State.STARTED, "worker": worker} for row in runnable]
         )
+        metric_counts.count(
+            started=[(queue, task_name, metric_counts.seconds_between(row.queued_at, now)) for row in runnable]
+        )
         return {
-            str(row.pk): Attempt.started(row._replace(attempts=row.attempts + 1), max_attempts=max_attempts)
+            str(row.pk): Attempt.started(
+                row._replace(attempts=row.attempts + 1),
+                max_attempts=max_attempts,
+                queue=queue,
+                task_name=task_name,
+                started_at=now,
+            )
             for row in runnable
         }
 
@@ -479,6 +502,9 @@ class OrmEngine:
             job.save(update_fields=["state", "error", "finished_at"])
             self._stop_following(job.pk, Job.State.DEAD, reason)
             job_event_publish(job_id=job.pk, kind="state", state=Job.State.DEAD, error=reason)
+        if dead:
+            died = [(Job.State.DEAD, job.queue, job.task_name, None) for job in dead]  # run time unknown
+            transaction.on_commit(partial(metric_counts.count, ended=died))
         return dead
 
     def recover_lost(self, *, runs: dict[str, LostRun], max_worker_losses: int) -> int:
@@ -551,6 +577,7 @@ class OrmEngine:
                 for job_id in succeeded
             ]
         )
+        count_ended(Job.State.SUCCEEDED, [attempts[job_id] for job_id in succeeded], now)
 
     def fail(
         self,
@@ -568,7 +595,12 @@ class OrmEngine:
         nothing, and a job cancelled while it ran stays cancelled."""
         now = timezone.now()
         with transaction.atomic():
-            job = Job.objects.select_for_update().filter(pk=job_id).values("state", "attempts").first()
+            job = (
+                Job.objects.select_for_update()
+                .filter(pk=job_id)
+                .values("state", "attempts", "queue", "task_name", "started_at")
+                .first()
+            )
             if job is None or (number is not None and number != job["attempts"]):
                 return  # unknown, or a late report of an attempt the job has left behind
             running = JobAttempt.objects.filter(job_id=job_id, outcome=JobAttempt.Outcome.RUNNING)
@@ -586,6 +618,16 @@ class OrmEngine:
             if state != Job.State.RETRYING:
                 self._stop_following(job_id, state, error)
         job_event_publish(job_id=job_id, kind="state", state=state, error=error)
+        metric_counts.count(
+            ended=[
+                (
+                    Job.State.DEAD if state == Job.State.DEAD else Job.State.FAILED,
+                    job["queue"],
+                    job["task_name"],
+                    metric_counts.seconds_between(job["started_at"], now),
+                )
+            ]
+        )
 
     def abandon_batch(self, *, job_ids: Sequence[str], reason: str, ran: bool) -> None:
         """Jobs of a batch a time limit stopped, still started: published again one by one. ``ran``:
@@ -618,8 +660,10 @@ class OrmEngine:
                     outcome=JobAttempt.Outcome.FAILED, finished_at=now, error=reason
                 )
                 self._stop_following(job_id, Job.State.DEAD, reason)
+                queue, task_name = Job.objects.filter(pk=job_id).values_list("queue", "task_name").get()
         if changed:
             job_event_publish(job_id=job_id, kind="state", state=Job.State.DEAD, error=reason)
+            metric_counts.count(ended=[(Job.State.DEAD, queue, task_name, None)])
         return bool(changed)
 
     # -- an operator's actions ------------------------------------------------------------------
@@ -697,6 +741,26 @@ class OrmEngine:
             transaction.on_commit(
                 partial(job_event_publish, job_id=step_id, kind="state", state=Job.State.CANCELLED, error=reason)
             )
+
+
+def count_ended(outcome: str, attempts: Sequence[Attempt], now: datetime) -> None:
+    """Runs that ended ``outcome`` (succeeded, failed or dead), counted with how long they ran."""
+    if attempts:
+        metric_counts.count(
+            ended=[
+                (outcome, attempt.queue, attempt.task_name, metric_counts.seconds_between(attempt.started_at, now))
+                for attempt in attempts
+            ]
+        )
+
+
+def count_enqueued_on_commit(jobs: Sequence[Job]) -> None:
+    """The jobs an insert wrote (not an earlier job an idempotency key returned) are counted once
+    the caller's transaction commits (at once outside one): one count call per insert."""
+    written = {job.pk: job for job in jobs if getattr(job, "created", True)}  # a key's repeat is the same job
+    new = [(job.queue, job.task_name) for job in written.values()]
+    if new:
+        transaction.on_commit(partial(metric_counts.count, enqueued=new))
 
 
 def _attempts_numbered(numbers: dict[str, int]) -> Q:

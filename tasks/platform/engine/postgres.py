@@ -20,6 +20,7 @@ The contract tests (tests/fast) run both engines through the same transitions.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -27,10 +28,11 @@ from django.db import connection
 from django.db.models import JSONField
 from django.utils import timezone
 
+from tasks.platform import metric_counts
 from tasks.platform.concurrency import RATES
 from tasks.platform.engine import flow
 from tasks.platform.engine.events import job_event_publish
-from tasks.platform.engine.orm import Attempt, OrmEngine
+from tasks.platform.engine.orm import Attempt, OrmEngine, count_ended, count_enqueued_on_commit
 from tasks.platform.models import Job, JobAttempt, JobOutbox, Pause, PauseScope
 from tasks.platform.models.jobs import FINISHED_STATES
 
@@ -57,13 +59,13 @@ WITH started AS (
         WHERE (pause.scope = %(queue_scope)s AND pause.name = COALESCE(NULLIF(%(queue)s, ''), {_JOB}.queue))
             OR (pause.scope = %(task_scope)s AND pause.name = {_JOB}.task_name)
     )
-    RETURNING id, attempts, attempts_before_retry, max_attempts, then_id, queue, share_key,
+    RETURNING id, attempts, attempts_before_retry, max_attempts, then_id, queue, share_key, queued_at,
         EXISTS (SELECT 1 FROM {_JOB} step WHERE step.after_id = {_JOB}.id AND step.state = %(waiting)s) AS has_next
 ), opened AS (
     INSERT INTO {_ATTEMPT} (job_id, number, worker, started_at, outcome, error)
     SELECT id, attempts, %(worker)s, %(now)s, %(running)s, '' FROM started
 )
-SELECT attempts, attempts_before_retry, max_attempts, then_id, has_next, queue, share_key FROM started
+SELECT attempts, attempts_before_retry, max_attempts, then_id, has_next, queue, share_key, queued_at FROM started
 """  # noqa: S608 - table names from the models, every value a parameter
 
 _SUCCEEDED = f"""
@@ -85,6 +87,7 @@ class _StartedRow(NamedTuple):
     has_next: bool
     queue: str
     share_key: str
+    queued_at: datetime | None
 
 
 class PostgresEngine(OrmEngine):
@@ -100,6 +103,7 @@ class PostgresEngine(OrmEngine):
             cursor.execute(_insert_owed_statement(), [*values, timezone.now()])
         job._state.adding, job._state.db = False, connection.alias
         self.publish_on_commit(jobs)
+        count_enqueued_on_commit(jobs)
         return jobs
 
     def _published(self, ids: list) -> None:
@@ -134,12 +138,13 @@ class PostgresEngine(OrmEngine):
             return super().begin_attempt(
                 job_id=job_id, task_name=task_name, queue=queue, worker=worker, max_attempts=max_attempts, **rest
             )
+        now = timezone.now()
         with connection.cursor() as cursor:
             cursor.execute(
                 _BEGIN,
                 {
                     "id": job_id,
-                    "now": timezone.now(),
+                    "now": now,
                     "worker": worker,
                     "queue": queue,
                     "started": Job.State.STARTED,
@@ -158,19 +163,21 @@ class PostgresEngine(OrmEngine):
         started = _StartedRow(*row)
         self._next_turn([(started.queue, started.share_key)])
         job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
-        return Attempt.started(started, max_attempts=max_attempts)
+        metric_counts.count(started=[(started.queue, task_name, metric_counts.seconds_between(started.queued_at, now))])
+        return Attempt.started(started, max_attempts=max_attempts, task_name=task_name, started_at=now)
 
     def succeed(self, *, job_id: str, attempt: Attempt, result: Any) -> None:
         if attempt.in_workflow:
             super().succeed(job_id=job_id, attempt=attempt, result=result)
             return
+        now = timezone.now()
         with connection.cursor() as cursor:
             cursor.execute(
                 _SUCCEEDED,
                 {
                     "id": job_id,
                     "number": attempt.number,
-                    "now": timezone.now(),
+                    "now": now,
                     "result": Job._meta.get_field("result").get_db_prep_save(result, connection),
                     "succeeded": Job.State.SUCCEEDED,
                     "started": Job.State.STARTED,
@@ -180,6 +187,7 @@ class PostgresEngine(OrmEngine):
             changed = cursor.rowcount > 0
         if changed:
             job_event_publish(job_id=job_id, kind="state", state=Job.State.SUCCEEDED, result=result)
+            count_ended(Job.State.SUCCEEDED, [attempt], now)
 
 
 @cache

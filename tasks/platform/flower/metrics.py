@@ -1,8 +1,11 @@
-"""Ledger and queue gauges on Flower's Prometheus `/metrics`.
+"""Ledger and queue gauges, and the metric history's counters and histograms, on Flower's
+Prometheus `/metrics`.
 
 A collector registered in Flower's process serves the latest snapshot; the `/metrics` handler
 refreshes it (in Flower's thread pool, at most every few seconds) before Flower renders the page,
 so a scrape sees current figures and the event loop never waits for the database or Redis.
+The counters and histograms are the running totals every process adds to in Redis
+(tasks.platform.metric_counts): they only grow, across restarts of any process.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import redis
 from django.db import DatabaseError, close_old_connections
 from django.db.models import Count, Q
 from prometheus_client import REGISTRY
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from tornado.ioloop import IOLoop
 
+from tasks.platform import histogram, metric_counts
+from tasks.platform.metric_counts import Tally
 from tasks.platform.models import Job
 from tasks.platform.models.jobs import JobState
 from tasks.platform.queues import QueueName
@@ -35,8 +41,10 @@ class Snapshot:
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)  # (queue, state) -> count
     dead_letters: dict[str, int] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)
+    history: dict[tuple[str, str], Tally] = field(default_factory=dict)  # (queue, task) -> totals
     ledger_up: bool = False
     broker_up: bool = False
+    history_up: bool = False
 
 
 def read_snapshot() -> Snapshot:
@@ -59,6 +67,11 @@ def read_snapshot() -> Snapshot:
         snapshot.broker_up = True
     except (BrokerUnavailable, redis.RedisError) as exc:
         logger.warning("metrics: queue depths unavailable (%s)", exc)
+    try:
+        snapshot.history = metric_counts.totals()
+        snapshot.history_up = True
+    except redis.RedisError as exc:
+        logger.warning("metrics: job counters unavailable (%s)", exc)
     return snapshot
 
 
@@ -113,4 +126,26 @@ class LedgerMetrics:
                 depth.add_metric([queue], snapshot.waiting.get(queue, 0))
         up.add_metric(["ledger"], int(snapshot.ledger_up))
         up.add_metric(["broker"], int(snapshot.broker_up))
-        return [jobs, dead, depth, up]
+        up.add_metric(["history"], int(snapshot.history_up))
+        return [jobs, dead, depth, up, *_history_families(snapshot.history)]
+
+
+def _history_families(totals: dict[tuple[str, str], Tally]) -> list:
+    events = CounterMetricFamily(
+        "platform_job_events",
+        "Jobs enqueued and runs started, succeeded, failed (failed or retrying) and dead, per queue and task.",
+        labels=["queue", "task", "event"],
+    )
+    wait = HistogramMetricFamily(
+        "platform_job_wait_seconds", "Enqueue to start of a run, per queue and task.", labels=["queue", "task"]
+    )
+    run = HistogramMetricFamily(
+        "platform_job_run_seconds", "Start to end of a run, per queue and task.", labels=["queue", "task"]
+    )
+    for (queue, task), tally in sorted(totals.items()):
+        for event in metric_counts.COUNTS:
+            events.add_metric([queue, task, event], getattr(tally, event))
+        for family, counts, micros in ((wait, tally.wait, tally.wait_us), (run, tally.run, tally.run_us)):
+            buckets = [(floatToGoString(bound), total) for bound, total in histogram.cumulative(counts)]
+            family.add_metric([queue, task], buckets, sum_value=micros / 1_000_000)
+    return [events, wait, run]

@@ -57,11 +57,13 @@ class LayeredLoader(BaseLoader):
 
 
 class PlatformNavbar(UIModule):
-    """Flower's navbar with a "Dead letters" link added to its main navigation."""
+    """Flower's navbar with "Dead letters", "Alerts" and "Metrics" links added to its main navigation."""
 
     def render(self, active_tab: str = "") -> str:
         navbar = self.render_string(f"{FLOWER_PREFIX}navbar.html", active_tab=active_tab).decode()
         link = self.render_string("platform/nav_item.html", active=active_tab == "dead-letters").decode()
+        link += self.render_string("platform/nav_alerts.html", active=active_tab == "alerts").decode()
+        link += self.render_string("platform/nav_metrics.html", active=active_tab == "metrics").decode()
         if NAV_ANCHOR not in navbar:  # Flower changed its markup: still reachable, after the navbar
             return navbar + link
         return navbar.replace(NAV_ANCHOR, link + NAV_ANCHOR, 1)
@@ -71,15 +73,17 @@ def _flower_app_class():
     # Private API (Flower): Flower documents no Python API; its Tornado application is subclassed to add handlers.
     from flower.app import Flower, rewrite_handler
 
+    from tasks.platform.flower.alerts import alert_handlers
     from tasks.platform.flower.handlers import platform_handlers
     from tasks.platform.flower.metrics import LedgerMetrics
+    from tasks.platform.flower.metrics_page import metrics_page_handlers
 
     class PlatformFlower(Flower):
         """Flower's application plus the platform's handlers and ledger gauges."""
 
         def __init__(self, **kwargs) -> None:
             super().__init__(**kwargs)
-            handlers = platform_handlers()
+            handlers = platform_handlers() + alert_handlers() + metrics_page_handlers()
             if self.options.url_prefix:
                 handlers = [rewrite_handler(handler, self.options.url_prefix) for handler in handlers]
             self.add_handlers(r".*", handlers)

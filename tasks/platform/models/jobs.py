@@ -214,6 +214,9 @@ class Job(models.Model):
                 name="job_share_in_queue",
                 condition=models.Q(state__in=IN_QUEUE_STATES) & ~models.Q(share_key=""),
             ),
+            # Dead letters by when they died, counted by the dead-letters alert every evaluation:
+            # only dead rows, so a job pays for it once, when it dies.
+            models.Index(fields=["finished_at"], name="job_dead_finished", condition=models.Q(state=JobState.DEAD)),
             # What the relay scans every second: small, since published jobs leave it.
             models.Index(
                 fields=["run_at", "created_at"],

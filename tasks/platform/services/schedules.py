@@ -33,6 +33,7 @@ RETENTION_SCHEDULE_BEFORE = "Prune succeeded jobs (JOB_RETENTION_DAYS)"
 REPORT_RETENTION_SCHEDULE = "Prune old reports (REPORT_RETENTION_DAYS)"
 PRUNE_CANCELLED_ORDERS_SCHEDULE = "Prune cancelled orders (CANCELLED_ORDER_RETENTION_DAYS)"
 ALERT_STUCK_ORDERS_SCHEDULE = "Alert on orders stuck in pending (PENDING_ORDER_ALERT_MINUTES)"
+ALERTS_EVALUATE_SCHEDULE = "Evaluate alerts (ALERT_* thresholds)"
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,17 @@ SCHEDULES = (
         ),
         timing=lambda: _every(60),
         queue=QueueName.DEFAULT.value,
+    ),
+    SeededSchedule(
+        name=ALERTS_EVALUATE_SCHEDULE,
+        task="alerts.evaluate",
+        description=(
+            "Every 30 s: evaluates the alert rules (latency, no consumer, stalled, dead letters, schedules, "
+            "overruns) against their thresholds; opens and resolves alerts, each announced once."
+        ),
+        timing=lambda: _every(30),
+        # Short and urgent: on the critical queue, away from the default queue's webhooks and e-mail.
+        queue=QueueName.CRITICAL.value,
     ),
 )
 
