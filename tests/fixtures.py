@@ -67,6 +67,12 @@ def broker() -> redis.Redis:
     return client
 
 
+def message_keys(broker: redis.Redis) -> list[bytes]:
+    """The broker's message keys: not its queue bindings, nor the platform's own keys (rate
+    windows, metric counts, heartbeats: ``platform:*``)."""
+    return [key for key in broker.scan_iter() if not key.startswith((b"_kombu.binding", b"platform:"))]
+
+
 def worker_argv(queue: str, node: str, concurrency: int = 1, pool: str = "prefork") -> list[str]:
     return [
         str(BIN_DIR / "celery"), "-A", "project", "worker", "-Q", queue, "-n", node, "--pool", pool,

@@ -15,7 +15,7 @@ from tasks.models import ApiToken, Job
 from tasks.platform.queues import QueueName
 from tasks.platform.services.beat import schedule_run_key
 from tasks.platform.services.jobs import job_enqueue
-from tests.fixtures import bearer, create_operator, grant
+from tests.fixtures import bearer, create_operator, grant, message_keys
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,10 +24,6 @@ NO_JOB = "00000000-0000-0000-0000-000000000000"
 
 def post_job(client, auth, body):
     return client.post("/api/jobs", body, content_type="application/json", **auth)
-
-
-def message_keys(broker) -> list[bytes]:
-    return [key for key in broker.scan_iter() if not key.startswith((b"_kombu.binding", b"platform:ratelimit:"))]
 
 
 def test_job_answers_202_at_once_shows_queued_then_succeeded(client, auth, user, broker, start_worker, wait_for_job):

@@ -8,7 +8,7 @@ from django.conf import settings
 
 from tasks.models import ApiToken, Job, JobOutbox
 from tasks.platform.queues import QueueName
-from tests.fixtures import bearer, create_operator
+from tests.fixtures import bearer, create_operator, message_keys
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -16,10 +16,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def post_batch(client, auth, jobs):
     return client.post("/api/jobs/batch", {"jobs": jobs}, content_type="application/json", **auth)
-
-
-def message_keys(broker) -> list[bytes]:
-    return [key for key in broker.scan_iter() if not key.startswith((b"_kombu.binding", b"platform:ratelimit:"))]
 
 
 def test_a_batch_of_1000_is_enqueued_in_request_order_and_consumed(
