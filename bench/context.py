@@ -43,6 +43,9 @@ class Sizes:
     fair_backlog: int = 10_000
     #: user B's jobs measured, idle and under A's backlog (scenario fairness)
     fair_samples: int = 20
+    #: jobs in the ledger searched (scenario search), and searches timed of each kind
+    search_rows: int = 1_000_000
+    search_samples: int = 9
 
 
 #: `--smoke`: every scenario once, at sizes that only show it works
@@ -68,6 +71,8 @@ SMOKE = Sizes(
     flow_paced=10,
     fair_backlog=200,
     fair_samples=3,
+    search_rows=2_000,
+    search_samples=3,
 )
 
 

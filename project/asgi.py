@@ -34,6 +34,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 from django.urls import Resolver404, get_resolver, resolve
 
+from tasks.platform import tracing
 from tasks.platform.middleware import BodyLimit
 
 #: threads (each with its database connection) a web process keeps for sync views
@@ -113,6 +114,8 @@ def _freeze_long_lived_objects() -> None:
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django.setup(set_prefix=False)
+# Before the handlers below build their middleware chains: the Django instrumentation adds its own.
+tracing.configure(tracing.WEB, web=True)
 application = BodyLimit(PlatformApplication())
 # Every view, the API and its schemas imported now, not by the first request: they are frozen below.
 # Private API (Django): nothing documented loads the URLconf without resolving a path.

@@ -5,6 +5,7 @@ import os
 from celery import Celery
 
 from tasks.platform import broker
+from tasks.platform import logs as _logs  # noqa: F401 - JSON worker logs, and tracing's worker hooks
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 broker.install()  # redis:// takes kombu's Redis transport with its clients reused

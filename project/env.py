@@ -49,6 +49,11 @@ def env_http_url(name: str, default: str | None = None) -> str:
     return value
 
 
+def env_optional_http_url(name: str) -> str:
+    """An http(s) URL as ``env_http_url``, or empty when unset or empty (a feature left off)."""
+    return env_http_url(name) if env_str(name, "", allow_empty=True) else ""
+
+
 def env_bool(name: str, default: bool) -> bool:
     value = _raw(name, "true" if default else "false").strip().lower()
     if value in _TRUE:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import dj_database_url
 
-from project.env import SettingError, env_bool, env_http_url, env_int, env_list, env_redis_url, env_str
+from project.env import (
+    SettingError,
+    env_bool,
+    env_http_url,
+    env_int,
+    env_list,
+    env_optional_http_url,
+    env_redis_url,
+    env_str,
+)
 from tasks.platform.queues import QueueName
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -265,6 +274,11 @@ if API_USER_HIGHEST_PRIORITY > 9:
 ORDER_RATE_LIMIT_PER_MINUTE = env_int("ORDER_RATE_LIMIT_PER_MINUTE", 10)
 #: largest payload of one job as JSON (it travels in the message and is kept in the ledger)
 JOB_MAX_PAYLOAD_BYTES = env_int("JOB_MAX_PAYLOAD_BYTES", 64 * 1024, minimum=1024)
+#: most jobs one bulk action (retry, cancel, discard everything a search matches) may change; a
+#: filter matching more is refused before anything is enqueued
+JOB_BULK_MAX_JOBS = env_int("JOB_BULK_MAX_JOBS", 100_000, minimum=1)
+#: a retry with an edited payload waits until a second staff user approves it (the two-person rule)
+JOB_EDIT_REQUIRES_APPROVAL = env_bool("JOB_EDIT_REQUIRES_APPROVAL", False)
 #: the one knob: the ASGI wrapper and Django's own check (the second line) both read this
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 #: live-progress streams (SSE) one user may hold open across all web processes; an order page opens
@@ -277,11 +291,41 @@ SSE_MAX_STREAMS_PER_PROCESS = env_int("SSE_MAX_STREAMS_PER_PROCESS", 500, minimu
 #: vanished client's slot is freed by then, and a reconnect costs only one check and one read
 SSE_MAX_STREAM_SECONDS = env_int("SSE_MAX_STREAM_SECONDS", 300, minimum=1)
 
+# --- tracing and logs (tasks.platform.tracing, tasks.platform.logs) ------------------------------
+# Tracing is on only where an OTLP endpoint is set, under the OpenTelemetry SDK's own variable names
+# (the SDK's exporter reads them too): without one, nothing is instrumented.
+OTEL_EXPORTER_OTLP_ENDPOINT = env_optional_http_url("OTEL_EXPORTER_OTLP_ENDPOINT")
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = env_optional_http_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+TRACING = bool(OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+# Spans go over HTTP/protobuf (the one exporter installed); a gRPC collector would get nothing.
+for _name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+    if (_protocol := env_str(_name, "http/protobuf")) != "http/protobuf":
+        raise SettingError(_name, f"must be http/protobuf (the only OTLP exporter installed), got {_protocol!r}")
+#: the service name on this process's spans; empty: task-platform-web, -worker, -relay or -beat
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "", allow_empty=True)
+
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+#: text: one readable line a record; json: one JSON object a line, with job_id, task and attempt
+#: inside a task (and trace_id, span_id when tracing)
+LOG_FORMAT = env_str("LOG_FORMAT", "text").strip().lower()
+if LOG_FORMAT not in ("text", "json"):
+    raise SettingError("LOG_FORMAT", f"must be text or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "tasks.platform.logs.json_formatter"},
+    },
+    "filters": {"job": {"()": "tasks.platform.logs.JobContextFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"}
+        if LOG_FORMAT == "text"
+        else {"class": "logging.StreamHandler", "formatter": "json", "filters": ["job"]}
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # uvicorn configured its own loggers before it loaded the application: in JSON they write here too.
+    "loggers": {}
+    if LOG_FORMAT == "text"
+    else {name: {"handlers": ["console"], "propagate": False} for name in ("uvicorn", "uvicorn.access")},
 }

@@ -3,11 +3,12 @@
 from tasks.maintenance import admin as maintenance_admin
 from tasks.notifications import admin as notifications_admin
 from tasks.orders import admin as orders_admin
-from tasks.platform.admin import alerts, flow, jobs, metrics, schedules
+from tasks.platform.admin import alerts, edits, flow, jobs, metrics, schedules
 from tasks.reports import admin as reports_admin
 
 __all__ = [
     "alerts",
+    "edits",
     "flow",
     "jobs",
     "maintenance_admin",

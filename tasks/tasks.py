@@ -4,12 +4,13 @@ module registers its tasks."""
 from tasks.maintenance import tasks as maintenance_tasks
 from tasks.notifications import tasks as notification_tasks
 from tasks.orders import tasks as order_tasks
-from tasks.platform.tasks import alerts, batches, ops, retention
+from tasks.platform.tasks import alerts, batches, bulk, ops, retention
 from tasks.reports import tasks as report_tasks
 
 __all__ = [
     "alerts",
     "batches",
+    "bulk",
     "maintenance_tasks",
     "notification_tasks",
     "ops",

@@ -19,6 +19,7 @@ SCENARIOS: dict[str, tuple[str, str, str | None]] = {
     "costs": ("costs", "run", None),
     "flow": ("flow", "run", None),
     "fairness": ("fairness", "run", None),
+    "search": ("search", "run", None),
 }
 
 

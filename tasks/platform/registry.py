@@ -22,6 +22,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
+from tasks.platform import logs, tracing
 from tasks.platform.concurrency import CONCURRENCY, RATES, SHARE_BY, Limit, Rate
 from tasks.platform.engine import Attempt, backoff_delay, engine
 from tasks.platform.errors import PermanentError
@@ -82,11 +83,12 @@ class LedgerTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
+        queue = (request.delivery_info or {}).get("routing_key", "")
         try:
             attempt = engine().begin_attempt(
                 job_id=request.id,
                 task_name=self.name,
-                queue=(request.delivery_info or {}).get("routing_key", ""),
+                queue=queue,
                 worker=request.hostname or "",
                 payload=kwargs,
                 origin=self._origin(),
@@ -98,6 +100,8 @@ class LedgerTask(Task):
         if attempt is None:
             raise Ignore()  # cancelled, already done, or dead: acknowledged without running
         request.attempt = attempt.number
+        logs.bind(request.id, self.name, attempt.number)
+        tracing.tag_job(job_id=request.id, task=self.name, attempt=attempt.number, queue=queue)
         try:
             result = super().__call__(*args, **kwargs)
         except (Retry, Ignore):

@@ -1,7 +1,8 @@
 """Worker signal handlers: database connections kept across tasks, a message the worker
 refuses marks its ledger row dead, each heartbeat says which queues this worker consumes
-(a key per queue that expires unless renewed, read by "why isn't my job running"), and the
-worker's own heartbeat says it is alive and which jobs it runs.
+(a key per queue that expires unless renewed, read by "why isn't my job running"), the
+worker's own heartbeat says it is alive and which jobs it runs, and the lines a task writes name
+its job (tasks.platform.logs).
 
 The worker's heartbeat (tasks.platform.heartbeats) beats from ``worker_ready`` to
 ``worker_shutdown``, which Celery sends once the runs ended.
@@ -30,7 +31,7 @@ from celery.signals import (
 )
 from django.db import DatabaseError, close_old_connections
 
-from tasks.platform import heartbeats
+from tasks.platform import heartbeats, logs
 from tasks.platform.engine import engine
 from tasks.platform.queues import CONSUMER_TTL_SECONDS, consumer_key, platform_redis
 
@@ -75,6 +76,18 @@ def stop_heartbeat(**_: Any) -> None:
 def reuse_database_connection(**_: Any) -> None:
     """Keep the connection across tasks unless it is broken or past CONN_MAX_AGE (see celeryconfig)."""
     close_old_connections()
+
+
+@task_prerun.connect
+def name_the_job_in_logs(task_id: str = "", task: Any = None, **_: Any) -> None:
+    """Lines written from here to postrun carry the job's id and task (tasks.platform.logs); the
+    ledger adds the attempt once it numbered the run."""
+    logs.bind(task_id, getattr(task, "name", ""))
+
+
+@task_postrun.connect
+def forget_the_job_in_logs(**_: Any) -> None:
+    logs.clear()
 
 
 @task_unknown.connect

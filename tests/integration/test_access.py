@@ -29,7 +29,8 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from tornado.web import RequestHandler
 
 from tasks.api import api
-from tasks.models import ApiToken, Job, Order, Product, Report, WebhookEndpoint
+from tasks.models import ApiToken, Job, JobEdit, Order, Product, Report, WebhookEndpoint
+from tasks.platform.models import JobEditStatus
 from tasks.platform.models.tokens import token_digest
 from tests.fixtures import bearer, create_operator, grant
 from tests.support.flower import FLOWER_AUTH, launch_flower
@@ -78,7 +79,8 @@ def things(people, tmp_path, settings) -> dict:
     report.finished_at = timezone.now()
     report.save()
     Product.objects.create(sku="ACCESS-1", name="Widget", price=Decimal("2.50"), stock=100)
-    return {"job": job, "order": order, "report": report}
+    edit = JobEdit.objects.create(job=job, before={}, after={}, requested_by=owner, status=JobEditStatus.APPROVED)
+    return {"job": job, "order": order, "report": report, "edit": edit}
 
 
 def client_as(role: str, people: dict, credentials: str = "session") -> tuple[Client, dict]:
@@ -101,6 +103,9 @@ BODIES = {
     "job_create_batch": {"jobs": [{"task": "ops.ping"}, {"task": "ops.ping"}]},
     "order_create": {"items": [{"sku": "ACCESS-1", "quantity": 1}], "payment_token": "tok_ok"},
     "report_create": {"date_from": "2024-02-01", "days": 3},
+    "job_edit": {"payload": {"hold_seconds": 1}},
+    # Matches the owner's succeeded job: a bulk job is enqueued (never run here), which skips it.
+    "job_bulk": {"action": "cancel", "filter": {"task": "ops.ping"}},
 }
 USERS = ("other", "owner", "staff", "operator", "viewer", "superuser")
 CREATED = {"anonymous": 401} | dict.fromkeys(USERS, 202)
@@ -124,6 +129,10 @@ OWN_ACTION = {**OWN_OBJECT, "owner": 409, "viewer": 403, "superuser": 409}
 # of these roles only the superuser has.
 FLOW_CONTROL = {"anonymous": 401} | dict.fromkeys(USERS, 403) | {"superuser": 200}
 
+# Editing a job's payload, and deciding another's edit, need the permission to change jobs even
+# for the job's owner; the succeeded job, and the edit already approved, answer 409.
+OWN_EDIT = {**OWN_ACTION, "owner": 403}
+
 #: url_name -> the status each role gets
 API_EXPECTED = {
     "job_create": OPERATORS_ONLY,
@@ -132,6 +141,11 @@ API_EXPECTED = {
     "job_get": OWN_OBJECT,
     "job_retry": OWN_ACTION,
     "job_cancel": OWN_ACTION,
+    "job_edit": OWN_EDIT,
+    "job_edit_approve": OWN_EDIT,
+    "job_edit_reject": OWN_EDIT,
+    # Everyone's jobs at once: staff with the permission to change jobs.
+    "job_bulk": {"anonymous": 401} | dict.fromkeys(USERS, 403) | {"superuser": 202},
     "queue_list": LISTED,
     "queue_pause": FLOW_CONTROL,
     "queue_resume": FLOW_CONTROL,
@@ -413,10 +427,11 @@ def _flower_routes() -> list[tuple[str, list[str]]]:
     from flower.urls import handlers
 
     from tasks.platform.flower.alerts import alert_handlers
+    from tasks.platform.flower.edits import edit_handlers
     from tasks.platform.flower.handlers import platform_handlers
 
     routes = []
-    for spec in [*handlers, *platform_handlers(), *alert_handlers()]:
+    for spec in [*handlers, *platform_handlers(), *alert_handlers(), *edit_handlers()]:
         pattern, handler = (spec.regex.pattern, spec.handler_class) if hasattr(spec, "regex") else spec[:2]
         if pattern == ".*":
             continue  # the catch-all 404

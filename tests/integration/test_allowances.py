@@ -248,7 +248,8 @@ def test_a_staff_user_who_may_change_jobs_is_offered_the_actions(broker):
     user = grant(get_user_model().objects.create_user("ops-admin", is_staff=True), "view_job", "change_job")
     client = Client()
     client.force_login(user)
-    assert _offered(client, "job") == {"retry_jobs", "cancel_jobs", "discard_jobs"}
+    bulk = {"retry_all_matching", "cancel_all_matching", "discard_all_matching"}  # everything a filter matches
+    assert _offered(client, "job") == {"retry_jobs", "cancel_jobs", "discard_jobs", *bulk}
 
 
 def test_the_limits_form_checks_queues_and_names_one_owner():

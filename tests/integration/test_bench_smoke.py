@@ -36,6 +36,8 @@ EXPECTED_FIGURES = {
     "flow.limit_cost",
     "fairness.b_start_p95",
     "fairness.b_start_p50",
+    "search.payload_p50",
+    "search.error_p50",
 }
 
 

@@ -36,6 +36,11 @@ MANAGE_CHECK = [str(BIN_DIR / "python"), "manage.py", "check"]
         ({"DJANGO_SECRET_KEY": ""}, "DJANGO_SECRET_KEY"),
         ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG"),
         ({"API_MAX_BODY_BYTES": "lots"}, "API_MAX_BODY_BYTES"),
+        ({"LOG_FORMAT": "yaml"}, "LOG_FORMAT"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "grpc://collector:4317"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
     ],
 )
 def test_bad_django_setting_stops_start_up_with_one_line(env, named):
@@ -103,3 +108,30 @@ def test_without_debug_the_sandbox_key_has_no_public_default():
     assert (
         done.stderr.strip().splitlines()[-1] == "configuration error: PAYMENT_GATEWAY_API_KEY is required but not set"
     )
+
+
+# --- tracing and log format -------------------------------------------------------------------------
+
+SHOW_OBSERVABILITY = [
+    str(BIN_DIR / "python"),
+    "manage.py",
+    "shell",
+    "-c",
+    "from django.conf import settings; print(settings.TRACING, settings.LOG_FORMAT)",
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": None, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": None}, "False text"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ""}, "False text"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "LOG_FORMAT": "JSON"}, "True json"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector/v1/traces"}, "True text"),
+    ],
+)
+def test_tracing_is_on_only_with_an_otlp_endpoint(env, shown):
+    done = start(SHOW_OBSERVABILITY, **{"OTEL_EXPORTER_OTLP_ENDPOINT": None, "LOG_FORMAT": None, **env})
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == shown

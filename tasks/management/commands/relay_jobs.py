@@ -6,6 +6,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from tasks.platform import tracing
 from tasks.platform.services.metric_history import FLUSH_EVERY_SECONDS, metrics_flush_pass
 from tasks.platform.services.relay import (
     DUE_CHECK_SECONDS,
@@ -31,6 +32,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, once: bool = False, **options) -> None:
         interval = settings.RELAY_INTERVAL_SECONDS
+        # Its publishes only: a pass's queries every second would each be a trace of their own.
+        tracing.configure(tracing.RELAY, data_stores=False)
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())

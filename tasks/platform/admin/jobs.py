@@ -1,11 +1,28 @@
+from functools import partial
+
 from django import forms
 from django.contrib import admin
+
+# Private API (Django): admin's unquote of an object id in its URLs has no documented counterpart.
+from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.urls import path
 
 from tasks.platform.admin.actions import apply_each
+from tasks.platform.admin.edits import diff_html, job_edit_view
+from tasks.platform.admin.search import (
+    LIST_FILTERS,
+    SEARCH_HELP,
+    cancel_all_matching,
+    discard_all_matching,
+    retry_all_matching,
+    search_box_results,
+)
 from tasks.platform.models import ApiToken, EnqueueLimits, Job, JobAction, JobAttempt
+from tasks.platform.models.jobs import EDITABLE_STATES
 from tasks.platform.queues import QueueName
+from tasks.platform.registry import PAYLOAD_SCHEMAS
 from tasks.platform.selectors.flow import job_blocked
 from tasks.platform.services.recovery import job_cancel, job_discard, job_retry
 
@@ -24,7 +41,13 @@ class JobActionInline(admin.TabularInline):
     model = JobAction
     extra = 0
     can_delete = False
-    readonly_fields = ("kind", "by", "via", "at", "from_state")
+    readonly_fields = ("kind", "by", "via", "at", "from_state", "payload_change")
+    fields = readonly_fields
+
+    @admin.display(description="payload before → after")
+    def payload_change(self, action: JobAction) -> str:
+        """An edit's diff of the payload (empty for the other actions)."""
+        return diff_html(action.before, action.after) if action.kind == JobAction.Kind.EDITED else ""
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -44,14 +67,21 @@ class JobAdmin(admin.ModelAdmin):
         "id", "task_name", "queue", "priority", "state", "attempts", "progress", "worker", "owner",
         "created_at", "finished_at",
     )  # fmt: skip
-    list_filter = ("state", "queue", "task_name")
-    search_fields = ("=id", "=idempotency_key", "task_name", "worker", "owner__username")
-    date_hierarchy = "created_at"
+    # Filters and search box go through the search selector (tasks.platform.admin.search).
+    list_filter = LIST_FILTERS
+    search_fields = ("payload", "error")  # shows the box; search_box_results reads it
+    search_help_text = SEARCH_HELP
     list_select_related = ("owner",)
     # The ledger is written by the platform; admins read it (retry and cancel come as actions).
     readonly_fields = _ledger_fields_with_why()
     inlines = [JobAttemptInline, JobActionInline]
-    actions = ["retry_jobs", "cancel_jobs", "discard_jobs"]
+    change_form_template = "admin/tasks/job_change_form.html"  # the "Edit and retry" button
+    actions = [
+        "retry_jobs", "cancel_jobs", "discard_jobs", retry_all_matching, cancel_all_matching, discard_all_matching,
+    ]  # fmt: skip
+
+    def get_search_results(self, request, queryset, search_term):
+        return search_box_results(request, queryset, search_term)
 
     def _apply(self, request, queryset, service, done: str) -> None:
         apply_each(self, request, queryset, lambda job: service(job_id=job.pk, by=request.user, via="admin"), done=done)
@@ -70,6 +100,15 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, unquote(object_id))
+        editable = job is not None and job.state in EDITABLE_STATES and job.task_name in PAYLOAD_SCHEMAS
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "editable": editable})
+
+    def get_urls(self):
+        edit = self.admin_site.admin_view(partial(job_edit_view, self))
+        return [path("<path:object_id>/edit-retry/", edit, name="tasks_job_edit_retry"), *super().get_urls()]
 
     @admin.display(description="why not running")
     def why_not_running(self, job: Job) -> str:

@@ -8,15 +8,18 @@ the next run times (in the schedule's timezone) and the last runs from the job l
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 
-# Private API (Django): admin's unquote of an object id in its URLs has no documented counterpart.
-from django.contrib.admin.utils import unquote
+# Private API (Django): admin's unquote of an object id in its URLs, and the flattening of fieldsets
+# its get_form does, have no documented counterpart.
+from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, F, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
@@ -30,6 +33,7 @@ from pydantic import ValidationError as PayloadError
 from tasks.platform.models import Job, MissedRunPolicy, ScheduleOptions
 from tasks.platform.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.platform.registry import SCHEDULABLE_TASKS
+from tasks.platform.schema_forms import SchemaFields, schema_fields
 from tasks.platform.selectors.schedules import (
     schedule_blocked,
     schedule_last_runs,
@@ -46,17 +50,45 @@ def _task_choices() -> list[tuple[str, str]]:
     return [("", "---------")] + [(name, f"{name} ({task_queue(name)} queue)") for name in sorted(SCHEDULABLE_TASKS)]
 
 
-def _payload_help() -> str:
-    """Each schedulable task's payload fields, so an admin knows what kwargs to write."""
-    lines = []
-    for name in sorted(SCHEDULABLE_TASKS):
-        fields = SCHEDULABLE_TASKS[name].payload_schema.model_fields
-        described = [
-            f"{field} (required)" if info.is_required() else f"{field} (default {info.get_default()!r})"
-            for field, info in fields.items()
-        ]
-        lines.append(f"{name}: {', '.join(described) or 'no arguments, {}'}")
-    return "A JSON object, checked against the task's payload schema when saved. " + "; ".join(lines) + "."
+#: the hidden field a browser posts with the task's fields: without it (a script posting kwargs
+#: alone) the kwargs box is taken as it is
+PAYLOAD_FIELDS_SHOWN = "payload_fields_shown"
+_KWARGS_HELP = (
+    "A JSON object, checked against the task's payload schema when saved. The chosen task's fields "
+    "are shown one by one under “Arguments of …” (they win over the same key here); this box holds "
+    "what they cannot show (lists, nested objects), or every argument when posted without the fields."
+)
+
+
+def _payload_field_name(task: str, key: str) -> str:
+    """The form field of one payload key of one task (dots are not welcome in field names)."""
+    return f"{task.replace('.', '_')}__{key}"
+
+
+@cache
+def _payload_forms() -> dict[str, SchemaFields]:
+    """Each schedulable task's form: every field optional here (only the chosen task's are used,
+    and its schema names a missing one)."""
+    return {
+        name: schema_fields(SCHEDULABLE_TASKS[name].payload_schema, enforce_required=False)
+        for name in sorted(SCHEDULABLE_TASKS)
+    }
+
+
+def payload_fieldsets() -> tuple:
+    """One fieldset per schedulable task with fields to show, marked with the task for the script
+    that shows only the chosen task's (static tasks/schedule_payload.js); all are shown without it."""
+    return tuple(
+        (
+            f"Arguments of {name}",
+            {
+                "fields": [_payload_field_name(name, key) for key in form.fields],
+                "classes": ("extrapretty", "wide", "payload-fields", f"payload-task-{name.replace('.', '_')}"),
+            },
+        )
+        for name, form in _payload_forms().items()
+        if form.fields
+    )
 
 
 class SchedulableTaskField(forms.ChoiceField):
@@ -109,7 +141,8 @@ class ScheduleForm(PeriodicTaskForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if "kwargs" in self.fields:
-            self.fields["kwargs"].help_text = _payload_help()
+            self.fields["kwargs"].help_text = _KWARGS_HELP
+            self._add_payload_fields()
         if "args" in self.fields:
             self.fields["args"].help_text = "Always [] here: the platform's tasks take keyword arguments only."
         current = self.instance.task if self.instance.pk else ""
@@ -120,6 +153,26 @@ class ScheduleForm(PeriodicTaskForm):
             options = ScheduleOptions.objects.filter(schedule=self.instance).first()
             if options is not None:
                 self.initial.setdefault("missed_run_policy", options.missed_run_policy)
+
+    def _add_payload_fields(self) -> None:
+        """The schedulable tasks' fields, the current task's filled from its kwargs (the kwargs box
+        then holds only what they cannot show)."""
+        self.payload_forms = _payload_forms()
+        current = self.instance.task if self.instance.pk else ""
+        try:
+            kwargs = json.loads(self.instance.kwargs or "{}") if self.instance.pk else {}
+        except ValueError:
+            kwargs = None  # shown as it is in the box, to be mended there
+        for name, form in self.payload_forms.items():
+            initial = form.initial(kwargs if name == current and isinstance(kwargs, dict) else None)
+            for key, field in form.fields.items():
+                field_name = _payload_field_name(name, key)
+                self.fields[field_name] = copy.deepcopy(field)
+                self.initial.setdefault(field_name, initial[key])
+        self.fields[PAYLOAD_FIELDS_SHOWN] = forms.CharField(widget=forms.HiddenInput, required=False, initial="1")
+        form = self.payload_forms.get(current)
+        if form is not None and isinstance(kwargs, dict) and form.fields:
+            self.initial["kwargs"] = form.other_initial(kwargs) or "{}"
 
     def clean_task(self) -> str:
         name = self.cleaned_data["task"]
@@ -162,10 +215,22 @@ class ScheduleForm(PeriodicTaskForm):
         data = forms.ModelForm.clean(self)
         task = SCHEDULABLE_TASKS.get(data.get("task") or "")
         if task is not None and "kwargs" in data:
-            problems = payload_problems(task.payload_schema, json.loads(data["kwargs"]))
-            for problem in problems:
-                self.add_error("kwargs", problem)
+            kwargs = json.loads(data["kwargs"])
+            shown = self.data.get(PAYLOAD_FIELDS_SHOWN) and self.payload_forms[task.name].fields
+            if shown:
+                kwargs = self._kwargs_with_fields(task.name, kwargs)
+                data["kwargs"] = json.dumps(kwargs)
+            for problem in payload_problems(task.payload_schema, kwargs):
+                key = problem.partition(":")[0].split(".", 1)[0]
+                on_field = shown and key in self.payload_forms[task.name].fields
+                self.add_error(_payload_field_name(task.name, key) if on_field else "kwargs", problem)
         return data
+
+    def _kwargs_with_fields(self, task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The kwargs box's object with the task's fields over it (a blank field leaves its key out)."""
+        form = self.payload_forms[task]
+        values = {key: self.cleaned_data.get(_payload_field_name(task, key)) for key in form.fields}
+        return form.payload(values, kwargs)
 
 
 def payload_problems(schema: Any, payload: dict[str, Any]) -> list[str]:
@@ -241,7 +306,29 @@ class ScheduleAdmin(PeriodicTaskAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: PeriodicTask | None = None):
         fieldsets = super().get_fieldsets(request, obj)
+        editable = self.has_change_permission(request, obj) if obj is not None else self.has_add_permission(request)
+        if not editable:  # read only: the kwargs as they are, no fields to fill in
+            return (*fieldsets, self.runs_fieldset) if obj is not None else fieldsets
+        # Each task's fields right after the kwargs box, the marker that the page posted them with it.
+        arguments = next(index for index, (title, _) in enumerate(fieldsets) if title == "Arguments")
+        marked = (
+            "Arguments",
+            {**fieldsets[arguments][1], "fields": (*fieldsets[arguments][1]["fields"], PAYLOAD_FIELDS_SHOWN)},
+        )
+        fieldsets = (*fieldsets[:arguments], marked, *payload_fieldsets(), *fieldsets[arguments + 1 :])
         return (*fieldsets, self.runs_fieldset) if obj is not None else fieldsets
+
+    def get_form(self, request: HttpRequest, obj: PeriodicTask | None = None, change: bool = False, **kwargs: Any):
+        # The tasks' fields are the form's own (added as it is made), not the model's: the form
+        # class is built from the other fields of the fieldsets.
+        own = {_payload_field_name(name, key) for name, form in _payload_forms().items() for key in form.fields}
+        own.add(PAYLOAD_FIELDS_SHOWN)
+        fields = kwargs.get("fields") or flatten_fieldsets(self.get_fieldsets(request, obj))
+        kwargs["fields"] = [name for name in fields if name not in own]
+        return super().get_form(request, obj, change, **kwargs)
+
+    class Media:
+        js = ("tasks/schedule_payload.js",)
 
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).select_related("platform_options")

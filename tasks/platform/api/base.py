@@ -22,6 +22,7 @@ from tasks.platform.middleware import body_too_large_response
 from tasks.platform.registry import LEDGER_TASKS, PUBLIC_TASKS
 from tasks.platform.selectors.queues import BrokerUnavailable
 from tasks.platform.services.allowances import Allowance, EnqueueRefused, allowance_for
+from tasks.platform.services.bulk import BulkRefused
 from tasks.platform.services.jobs import EnqueueError, contains_nul
 from tasks.platform.services.recovery import ActionRefused
 
@@ -141,6 +142,11 @@ def _enqueue_refused(request: HttpRequest, exc: EnqueueRefused):
     return response
 
 
+@api.exception_handler(BulkRefused)
+def _bulk_refused(request: HttpRequest, exc: BulkRefused):
+    return _error(request, exc.status, str(exc), exc.code)
+
+
 @api.exception_handler(Forbidden)
 def _forbidden(request: HttpRequest, exc: Forbidden):
     return _error(request, 403, str(exc), exc.code)
@@ -159,7 +165,9 @@ def _invalid_request(request: HttpRequest, exc: ValidationError):
         task = (unknown[0].get("ctx") or {}).get("tag", "")
         return _error(request, 422, f"unknown task {task!r}", "unknown_task", tasks=sorted(PUBLIC_TASKS), **extra)
     fields = ", ".join(dict.fromkeys(error["field"] for error in errors))
-    if all(_in_payload(error["field"]) for error in errors):
+    # A job's payload comes in a body; the job list's ``payload`` filter is a query parameter.
+    from_body = all(tuple(error.get("loc", ()))[:1] == ("body",) for error in exc.errors)
+    if from_body and all(_in_payload(error["field"]) for error in errors):
         return _error(request, 422, f"invalid payload: {fields}", "invalid_payload", errors=errors, **extra)
     return _error(request, 422, f"invalid request: {fields}", "invalid_request", errors=errors, **extra)
 

@@ -19,14 +19,15 @@ from tasks.platform.api.base import Error, Forbidden, Unprocessable, api, reques
 from tasks.platform.api.pagination import paginated
 from tasks.platform.json_types import PRINTABLE, json_int
 from tasks.platform.models import Job
-from tasks.platform.models.jobs import JobState
 from tasks.platform.permissions import has_staff_scope
 from tasks.platform.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 from tasks.platform.registry import PAYLOAD_SCHEMAS, PUBLIC_TASKS, TASK_AUDIENCES
 from tasks.platform.selectors import jobs as job_selectors
 from tasks.platform.selectors.flow import job_blocked
 from tasks.platform.selectors.queues import queue_overview
+from tasks.platform.selectors.search import JobSearch, jobs_search_visible
 from tasks.platform.services.allowances import enqueue_admit, job_requests_authorize
+from tasks.platform.services.bulk import BulkAction, bulk_action_enqueue
 from tasks.platform.services.jobs import MAX_ATTEMPTS_LIMIT, MAX_DELAY, job_enqueue, job_enqueue_many
 from tasks.platform.services.jobs import JobRequest as EnqueueRequest
 from tasks.platform.services.recovery import job_cancel, job_retry
@@ -167,18 +168,6 @@ class JobOut(Schema):
     )
 
 
-#: what a task's name is made of (dotted words); a NUL could not even be compared with the column
-TASK_NAME = r"^[A-Za-z0-9_.:-]+$"
-
-
-class JobFilters(Schema):
-    state: JobState | None = Field(None, description="Only jobs in this state.")
-    task: str | None = Field(
-        None, max_length=200, pattern=TASK_NAME, description="Only jobs of this task, e.g. orders.quote."
-    )
-    queue: QueueName | None = Field(None, description="Only jobs of this queue.")
-
-
 class QueueOut(Schema):
     queue: str
     waiting: int = Field(description="Messages in Redis for this queue (all owners).")
@@ -280,11 +269,39 @@ def _batch_answer(request: HttpRequest, status: int, jobs: list[Job], **extra: s
 
 @api.get("/jobs", response={200: list[JobOut], 401: Error, 422: Unprocessable}, url_name="job_list")
 @paginated
-def job_list(request: HttpRequest, filters: Query[JobFilters]):
-    """The caller's jobs (every job for staff with the permission to view jobs), newest first.
-    Paginated: ``page`` (from 1) and ``page_size`` (50 by default, at most 200); ``count`` is the
-    number of matching jobs."""
-    return job_selectors.job_list(user=request.user, state=filters.state, task=filters.task, queue=filters.queue)
+def job_list(request: HttpRequest, filters: Query[JobSearch]):
+    """The caller's jobs (every job for staff with the permission to view jobs), newest first,
+    narrowed by the filters (tasks.platform.selectors.search): task, state, queue, owner (a username),
+    created/finished time ranges, ``payload`` (a JSON object the payload contains, e.g.
+    ``payload={"order_id": 42}``) and ``error`` (text in the error, ignoring case). A bad filter answers
+    422 naming it. Paginated: ``page`` (from 1) and ``page_size`` (50 by default, at most 200);
+    ``count`` is the number of matching jobs."""
+    return jobs_search_visible(user=request.user, search=filters)
+
+
+class BulkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: BulkAction = Field(description="retry, cancel or discard.")
+    filter: JobSearch = Field(
+        description="Every job it matches, not only a page: the filters of GET /api/jobs, with ``payload`` "
+        "as a JSON object. Leave it empty ({}) to act on every job."
+    )
+
+
+@api.post(
+    "/jobs/bulk",
+    response={202: JobAccepted, 401: Error, 403: Error, 409: Error, 422: Unprocessable, **_COMMON_ERRORS},
+    url_name="job_bulk",
+)
+def job_bulk(request: HttpRequest, body: BulkIn):
+    """Retry, cancel or discard every job the filter matches, as a job (on the bulk queue): answers
+    202 with its id, whose progress reads as any job's. Staff with the permission to change jobs
+    only (403). 422 for a bad filter, naming it; 409 for one that matches no job (``no_match``) or
+    more than JOB_BULK_MAX_JOBS jobs (``too_many_jobs``). Jobs not in a state for the action are
+    skipped; each changed job records the action as yours, via bulk."""
+    job = bulk_action_enqueue(user=request.user, action=body.action, search=body.filter, via="api")
+    return Status(202, _accepted(job))
 
 
 @api.get("/jobs/{job_id}", response={200: JobOut, 401: Error, 404: Error}, url_name="job_get")

@@ -4,7 +4,8 @@ Transitions (methods of ``Engine``): ``insert`` new jobs; ``publish`` them after
 ``claim_due`` for the relay); ``begin_attempt`` / ``claim_batch`` a run; ``succeed`` /
 ``succeed_many``; ``fail`` (retrying, failed or dead); ``abandon_batch``; ``mark_undeliverable``;
 the relay's ``recover_lost`` (started jobs whose worker stopped answering run again); an
-operator's ``cancel``, ``cancel_terminated``, ``retry`` and ``discard``; flow control's
+operator's ``cancel``, ``cancel_terminated``, ``retry``, ``retry_edited`` (a failed or dead job
+runs again with a new payload) and ``discard``; flow control's
 ``pause``, ``resume``, ``admit`` and ``admit_waiting`` (tasks.platform.engine.flow decides which
 jobs may go to their queue and which wait, held). Releasing or cancelling
 a workflow's next steps happens inside the transition that ends a job (tasks.platform.engine.workflows).

@@ -43,7 +43,7 @@ from tasks.platform.engine import publish as messages
 from tasks.platform.engine.events import job_event_publish, job_events_publish
 from tasks.platform.engine.workflows import steps_rearmed, steps_released, steps_stopped, with_next_steps
 from tasks.platform.models import FlowEvent, Job, JobAction, JobAttempt, JobOutbox, Pause, PauseScope
-from tasks.platform.models.jobs import FINISHED_STATES, RETRYABLE_STATES, HeldReason
+from tasks.platform.models.jobs import EDITABLE_STATES, FINISHED_STATES, RETRYABLE_STATES, HeldReason
 from tasks.platform.selectors.flow import paused_by
 from tasks.platform.selectors.liveness import LostRun, runs_going_on
 
@@ -678,19 +678,49 @@ class OrmEngine:
             if job.state not in RETRYABLE_STATES:
                 raise ActionRefused(f"a {job.state} job cannot be retried; only failed, dead or cancelled ones")
             JobAction.objects.create(job=job, kind=JobAction.Kind.RETRIED, by=by, via=via, from_state=job.state)
-            # A chain's step waits for the step before it, a group's callback for its members.
-            waits = job.waiting_for > 0 or (job.after_id is not None and job.after.state != Job.State.SUCCEEDED)
-            job.state = Job.State.WAITING if waits else Job.State.QUEUED
-            job.attempts_before_retry = job.attempts
-            job.error = job.traceback = job.progress_message = ""
-            job.result = job.finished_at = job.run_at = job.discarded_at = None
-            job.progress = 0
-            job.save()
-            steps_rearmed(job_id=job.pk)
-            job.publish_error = ""
-            if not waits:
-                self._publish_again([job])
+            self._run_again_locked(job)
         return job
+
+    def retry_edited(self, *, job_id, payload: dict[str, Any], expected: dict[str, Any], by=None, via: str) -> Job:
+        """A failed or dead job runs again as ``retry`` runs it, with ``payload`` (already valid
+        under its task's schema: the caller's check) in place of its own, recorded as an ``edited``
+        action holding the payload before and after. Refused (ActionRefused) unless the job is
+        failed or dead and its payload is still ``expected``, the one the edit was made from: an
+        edit of a job someone retried or edited meanwhile would undo their change unseen."""
+        with transaction.atomic():
+            job = Job.objects.select_for_update().get(pk=job_id)
+            if job.state not in EDITABLE_STATES:
+                raise ActionRefused(f"a {job.state} job cannot be edited and retried; only failed or dead ones")
+            if job.payload != expected:
+                raise ActionRefused("the job's payload changed since the edit was made from it: edit it again")
+            JobAction.objects.create(
+                job=job,
+                kind=JobAction.Kind.EDITED,
+                by=by,
+                via=via,
+                from_state=job.state,
+                before=job.payload,
+                after=payload,
+            )
+            job.payload = payload
+            self._run_again_locked(job)
+        return job
+
+    def _run_again_locked(self, job: Job) -> None:
+        """The retry of a locked job: a fresh attempt budget, its outcome cleared, published again
+        (or waiting for the workflow steps before it), the steps its failure cancelled re-armed."""
+        # A chain's step waits for the step before it, a group's callback for its members.
+        waits = job.waiting_for > 0 or (job.after_id is not None and job.after.state != Job.State.SUCCEEDED)
+        job.state = Job.State.WAITING if waits else Job.State.QUEUED
+        job.attempts_before_retry = job.attempts
+        job.error = job.traceback = job.progress_message = ""
+        job.result = job.finished_at = job.run_at = job.discarded_at = None
+        job.progress = 0
+        job.save()
+        steps_rearmed(job_id=job.pk)
+        job.publish_error = ""
+        if not waits:
+            self._publish_again([job])
 
     def cancel(self, *, job_id, by=None, via: str) -> tuple[Job, bool]:
         """Cancel a job that has not finished, its running attempt closed, the steps after it

@@ -4,6 +4,9 @@ Only the engine calls ``send`` (``Engine.publish``), after the jobs' rows are co
 records the outcome in the ledger. A task that declares ``batch_size > 1`` has its first attempts
 packed into ``jobs.run_batch`` messages of up to ``batch_size`` jobs of one queue and priority
 (the worker's side is tasks.platform.tasks.batches): Celery's cost per message is then shared.
+
+With tracing on, the Celery instrumentation's publish span of each message carries the job's
+attributes (``tracing.enqueueing``) and puts the current trace's ``traceparent`` in its headers.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from kombu.exceptions import BatchPublishError, OperationalError
 
+from tasks.platform import tracing
 from tasks.platform.models import Job
 
 #: the Celery task that carries a batch: kwargs {"task": name, "jobs": [[job id, payload], ...]}
@@ -45,26 +49,28 @@ def send(jobs: Sequence[Job], *, alone: bool = False) -> Exception | None:
     try:
         with app.producer_or_acquire() as producer, _pipelined(producer, len(singles) + len(batches)):
             for job in singles:
-                app.tasks[job.task_name].apply_async(
-                    kwargs=job.payload,
-                    task_id=str(job.pk),
-                    queue=job.queue,
-                    priority=job.priority,
-                    producer=producer,
-                    kwargsrepr=payload_repr(job.payload),
-                    **_OPTIONS,
-                )
+                with tracing.enqueueing(job):
+                    app.tasks[job.task_name].apply_async(
+                        kwargs=job.payload,
+                        task_id=str(job.pk),
+                        queue=job.queue,
+                        priority=job.priority,
+                        producer=producer,
+                        kwargsrepr=payload_repr(job.payload),
+                        **_OPTIONS,
+                    )
             for batch in batches:
                 first = batch[0]
-                app.send_task(
-                    BATCH_TASK,
-                    kwargs={"task": first.task_name, "jobs": [[str(job.pk), job.payload] for job in batch]},
-                    queue=first.queue,
-                    priority=first.priority,
-                    producer=producer,
-                    kwargsrepr=batch_kwargsrepr(batch),
-                    **_OPTIONS,
-                )
+                with tracing.enqueueing_batch(batch):
+                    app.send_task(
+                        BATCH_TASK,
+                        kwargs={"task": first.task_name, "jobs": [[str(job.pk), job.payload] for job in batch]},
+                        queue=first.queue,
+                        priority=first.priority,
+                        producer=producer,
+                        kwargsrepr=batch_kwargsrepr(batch),
+                        **_OPTIONS,
+                    )
     except (OperationalError, BatchPublishError) as exc:
         return exc
     return None

@@ -74,6 +74,7 @@ def _flower_app_class():
     from flower.app import Flower, rewrite_handler
 
     from tasks.platform.flower.alerts import alert_handlers
+    from tasks.platform.flower.edits import edit_handlers
     from tasks.platform.flower.handlers import platform_handlers
     from tasks.platform.flower.metrics import LedgerMetrics
     from tasks.platform.flower.metrics_page import metrics_page_handlers
@@ -83,7 +84,7 @@ def _flower_app_class():
 
         def __init__(self, **kwargs) -> None:
             super().__init__(**kwargs)
-            handlers = platform_handlers() + alert_handlers() + metrics_page_handlers()
+            handlers = platform_handlers() + alert_handlers() + metrics_page_handlers() + edit_handlers()
             if self.options.url_prefix:
                 handlers = [rewrite_handler(handler, self.options.url_prefix) for handler in handlers]
             self.add_handlers(r".*", handlers)

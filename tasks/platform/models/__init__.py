@@ -1,6 +1,7 @@
 """The platform's models: the job ledger, enqueue limits, API tokens and schedule options."""
 
 from tasks.platform.models.alerts import Alert, AlertRule, AlertScope, AlertState, AlertThreshold
+from tasks.platform.models.edits import JobEdit, JobEditStatus
 from tasks.platform.models.flow import ConcurrencyOverride, FlowEvent, FlowKey, Pause, PauseScope, RateOverride
 from tasks.platform.models.jobs import Job, JobAction, JobAttempt, JobOutbox
 from tasks.platform.models.limits import EnqueueLimits
@@ -22,6 +23,8 @@ __all__ = [
     "Job",
     "JobAction",
     "JobAttempt",
+    "JobEdit",
+    "JobEditStatus",
     "JobMetric",
     "JobOutbox",
     "MetricPeriod",

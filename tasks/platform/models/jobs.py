@@ -32,6 +32,9 @@ UNPUBLISHED_STATES = (JobState.PENDING, JobState.SCHEDULED, JobState.RETRYING)
 SCHEDULE_ORIGIN_PREFIX = "beat:"
 #: states from which a job may be retried by hand
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
+#: states from which a job may be retried with an edited payload: it ran and did not succeed (a
+#: cancelled job never had its payload judged by a run)
+EDITABLE_STATES = frozenset({JobState.FAILED, JobState.DEAD})
 #: states of a job that holds a place in its owner's cap of active jobs (every one not finished)
 ACTIVE_STATES = tuple(state for state in JobState if state not in FINISHED_STATES)
 #: states of a job that holds one of its key's concurrency slots: admitted, not yet ended
@@ -312,10 +315,12 @@ class JobAttempt(models.Model):
 
 
 class JobAction(models.Model):
-    """Who did what to a job by hand, and when: retry, cancel, discard."""
+    """Who did what to a job by hand, and when: retry, cancel, discard, and a retry with an edited
+    payload, which alone keeps the payload before and after."""
 
     class Kind(models.TextChoices):
         RETRIED = "retried", "Retried"
+        EDITED = "edited", "Retried with an edited payload"
         CANCELLED = "cancelled", "Cancelled"
         #: by the platform: an earlier step of the workflow did not succeed (undone by its retry)
         STEP_CANCELLED = "step_cancelled", "Cancelled with an earlier step"
@@ -329,6 +334,20 @@ class JobAction(models.Model):
     via = models.CharField("via", max_length=32, help_text="api, admin, command, flower or workflow.")
     at = models.DateTimeField("at", auto_now_add=True)
     from_state = models.CharField("from state", max_length=16, choices=JobState.choices)
+    before = models.JSONField(
+        "payload before",
+        null=True,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text="Of an edit: the payload it replaced.",
+    )
+    after = models.JSONField(
+        "payload after",
+        null=True,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text="Of an edit: the payload it ran with.",
+    )
 
     class Meta:
         verbose_name = "job action"

@@ -36,15 +36,3 @@ def jobs_next_due() -> datetime | None:
 def job_get_visible(*, user, job_id: UUID) -> Job:
     """The job, or Http404 when it does not exist or ``user`` may not see it (the same answer)."""
     return get_object_or_404(jobs_visible_to(user), pk=job_id)
-
-
-def job_list(*, user, state: str | None = None, task: str | None = None, queue: str | None = None) -> QuerySet[Job]:
-    """The jobs ``user`` may see, filtered, newest first (id breaks ties so pages are stable)."""
-    jobs = jobs_visible_to(user)
-    if state is not None:
-        jobs = jobs.filter(state=state)
-    if task is not None:
-        jobs = jobs.filter(task_name=task)
-    if queue is not None:
-        jobs = jobs.filter(queue=queue)
-    return jobs.order_by("-created_at", "-id")

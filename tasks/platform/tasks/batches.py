@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError
 
+from tasks.platform import logs, tracing
 from tasks.platform.engine import Attempt, backoff_delay, engine
 from tasks.platform.engine.publish import BATCH_TASK
 from tasks.platform.models import Job
@@ -82,8 +83,11 @@ def _run_claimed(job_task: LedgerTask, jobs: list[list], attempts: dict[str, Att
         job_task.push_request(
             id=job_id, hostname=request.hostname, delivery_info=request.delivery_info, attempt=attempt.number
         )
+        logs.bind(job_id, job_task.name, attempt.number)
+        queue = (request.delivery_info or {}).get("routing_key", "")
         try:
-            done[job_id] = job_task.run(**payload)
+            with tracing.job_span(job_id=job_id, task=job_task.name, attempt=attempt.number, queue=queue):
+                done[job_id] = job_task.run(**payload)
         except SoftTimeLimitExceeded as exc:
             _record_failure(job_task, job_id, exc, attempt)
             engine().succeed_many(results=done, attempts=attempts)
@@ -96,6 +100,7 @@ def _run_claimed(job_task: LedgerTask, jobs: list[list], attempts: dict[str, Att
             _record_failure(job_task, job_id, exc, attempt)
         finally:
             job_task.pop_request()
+            logs.bind(request.id, BATCH_TASK)
         if time.monotonic() - flushed_at >= FLUSH_SECONDS:
             engine().succeed_many(results=done, attempts=attempts)
             done, flushed_at = {}, time.monotonic()
