@@ -32,11 +32,22 @@ BODIES = {
     "job_create_batch": {"jobs": [{"task": "ops.ping"}]},
     "order_create": {"items": [{"sku": "LIMIT-1", "quantity": 1}], "payment_token": "tok_ok"},
     "report_create": {"date_from": "2024-02-01", "days": 3},
+    "job_bulk": {"action": "retry", "filter": {}},
 }
 #: POST endpoints that enqueue, so count towards the caller's rate and active-job cap
-ENQUEUEING = {"job_create", "job_create_batch", "job_retry", "order_create", "report_create"}
+ENQUEUEING = {"job_bulk", "job_create", "job_create_batch", "job_retry", "order_create", "report_create"}
+#: staff-only POST endpoints that run a job again: admitted like job_retry, after their editor check
+STAFF_ENQUEUEING = {"job_edit", "job_edit_approve"}
 #: POST endpoints that enqueue nothing, so are not rate limited (a resume sends jobs already counted)
-NOT_ENQUEUEING = {"job_cancel", "order_cancel", "queue_pause", "queue_resume", "task_pause", "task_resume"}
+NOT_ENQUEUEING = {
+    "job_cancel",
+    "job_edit_reject",
+    "order_cancel",
+    "queue_pause",
+    "queue_resume",
+    "task_pause",
+    "task_resume",
+}
 
 
 def post_operations() -> list[tuple[str, str]]:
@@ -107,7 +118,9 @@ def test_a_batch_over_the_limit_is_refused_whole(client, headers):
 
 def test_every_post_endpoint_is_known_to_enqueue_or_not():
     posts = {url_name for _, url_name in post_operations()}
-    assert posts == ENQUEUEING | NOT_ENQUEUEING, "a POST endpoint is neither limited nor known as harmless"
+    assert posts == ENQUEUEING | STAFF_ENQUEUEING | NOT_ENQUEUEING, (
+        "a POST endpoint is neither limited nor known as harmless"
+    )
 
 
 def test_over_the_limit_answers_429_with_retry_after_and_enqueues_nothing(client, customer, headers, settings):

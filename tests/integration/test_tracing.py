@@ -247,7 +247,12 @@ def test_each_job_of_a_batch_message_has_its_span_under_the_batch_run(collector,
     spans = wait_until(job_spans, timeout=20, what="a span for each job of the batch")
     assert {span.attributes["job.id"] for span in spans} == {str(job.id) for job in jobs}
     assert {span.attributes["job.attempt"] for span in spans} == {1}
-    [batch_run] = [span for span in collector.spans() if span.name == "run/jobs.run_batch"]
+    # The batch's own span ends after its jobs' spans, so it may reach the collector later.
+    [batch_run] = wait_until(
+        lambda: [span for span in collector.spans() if span.name == "run/jobs.run_batch"] or None,
+        timeout=20,
+        what="the batch run's span",
+    )
     assert {span.parent_span_id for span in spans} == {batch_run.span_id}
 
 

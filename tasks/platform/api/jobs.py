@@ -291,7 +291,7 @@ class BulkIn(BaseModel):
 
 @api.post(
     "/jobs/bulk",
-    response={202: JobAccepted, 401: Error, 403: Error, 409: Error, 422: Unprocessable, **_COMMON_ERRORS},
+    response={202: JobAccepted, 401: Error, 403: Error, 409: Error, 422: Unprocessable, 429: Error, **_COMMON_ERRORS},
     url_name="job_bulk",
 )
 def job_bulk(request: HttpRequest, body: BulkIn):
@@ -299,7 +299,9 @@ def job_bulk(request: HttpRequest, body: BulkIn):
     202 with its id, whose progress reads as any job's. Staff with the permission to change jobs
     only (403). 422 for a bad filter, naming it; 409 for one that matches no job (``no_match``) or
     more than JOB_BULK_MAX_JOBS jobs (``too_many_jobs``). Jobs not in a state for the action are
-    skipped; each changed job records the action as yours, via bulk."""
+    skipped; each changed job records the action as yours, via bulk. The bulk job counts as an
+    enqueue towards your rate and active-job cap (429)."""
+    enqueue_admit(user=request.user, allowance=request_allowance(request), jobs=1)
     job = bulk_action_enqueue(user=request.user, action=body.action, search=body.filter, via="api")
     return Status(202, _accepted(job))
 
