@@ -8,10 +8,12 @@ from django.conf import settings
 from kombu import Queue
 
 from project.env import SettingError, env_int
+from project.redis_clients import celery_broker
 from tasks.platform.queues import PRIORITY_DEFAULT, PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
 
 # --- broker -------------------------------------------------------------------------------
-broker_url = settings.REDIS_URL
+# A Redis, or the master of a Redis Sentinel (sentinel://…;sentinel://…/db, REDIS_SENTINEL_MASTER).
+broker_url, _sentinel_options = celery_broker(settings.REDIS_URL, settings.REDIS_SENTINEL_MASTER)
 # Workers, beat and Flower wait for Redis at start-up instead of exiting.
 broker_connection_retry_on_startup = True
 # A publish from a web request must fail fast when Redis is down (the view answers 503 and
@@ -52,6 +54,7 @@ broker_transport_options = {
     "socket_timeout": 10,
     # No retry_on_timeout: kombu batches publishes (enqueue_many) only on connections that
     # never silently retry a pipeline, which could push a message twice.
+    **_sentinel_options,
 }
 
 # --- queues and routes ----------------------------------------------------------------------

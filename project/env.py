@@ -82,7 +82,11 @@ def env_redis_url(name: str, default: str) -> str:
     value = env_str(name, default)
     parts = urlsplit(value)
     if parts.scheme not in {"redis", "rediss"} or not parts.hostname:
-        raise SettingError(name, f"must look like redis://[:password@]host:port/db, got {value!r}")
+        raise SettingError(
+            name,
+            f"must look like redis://[:password@]host:port/db or sentinel://host:port;sentinel://host:port/db, "
+            f"got {value!r}",
+        )
     try:
         parts.port  # noqa: B018 - parsing the port validates it
         db = parts.path.lstrip("/")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from project import localconfig
+from project.redis_clients import DEFAULT_SENTINEL_MASTER
 from project.redis_server import DEFAULT_REDIS_URL, answers, is_local
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ def main() -> None:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     redis_url = env.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
     processes = list(PLATFORM_PROCESSES)
-    if not answers(redis_url):
+    if not answers(redis_url, master=env.get("REDIS_SENTINEL_MASTER") or DEFAULT_SENTINEL_MASTER):
         if not is_local(redis_url):
             sys.exit(f"configuration error: REDIS_URL {redis_url} does not answer")
         processes.append("redis")

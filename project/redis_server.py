@@ -12,19 +12,23 @@ from urllib.parse import urlsplit
 
 import redis
 
+from project.redis_clients import DEFAULT_SENTINEL_MASTER, is_sentinel, redis_client
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
-def answers(url: str, timeout: float = 1.0) -> bool:
+def answers(url: str, timeout: float = 1.0, *, master: str = DEFAULT_SENTINEL_MASTER) -> bool:
+    """Whether the Redis at ``url`` (for a Sentinel URL: the master ``master``) answers a PING."""
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+        return bool(redis_client(url, master=master, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
     except redis.RedisError:
         return False
 
 
 def is_local(url: str) -> bool:
-    return urlsplit(url).hostname in LOCAL_HOSTS
+    """Whether the bundled Redis can stand in for ``url``: a loopback address, never a Sentinel."""
+    return not is_sentinel(url) and urlsplit(url).hostname in LOCAL_HOSTS
 
 
 def server_argv(url: str, data_dir: Path, *, persistent: bool = True) -> list[str]:

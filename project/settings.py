@@ -16,9 +16,9 @@ from project.env import (
     env_int,
     env_list,
     env_optional_http_url,
-    env_redis_url,
     env_str,
 )
+from project.redis_clients import redis_url_setting
 from tasks.platform.queues import QueueName
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -125,8 +125,12 @@ DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
 DATABASES = {"default": _database(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-#: the broker, and the channel for progress and locks
-REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
+#: the broker, and the channel for progress and locks: a Redis, or the master of a Redis Sentinel
+#: (``sentinel://host:port;sentinel://host:port/db``, the master named REDIS_SENTINEL_MASTER);
+#: project.redis_clients makes every client of it
+REDIS_URL, REDIS_SENTINEL_MASTER = redis_url_setting(
+    "REDIS_URL", "redis://127.0.0.1:6379/0", master_setting="REDIS_SENTINEL_MASTER"
+)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 
-import redis.asyncio as aioredis
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
@@ -21,6 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from tasks.orders.services.payments import TOKEN_DECLINE, TOKEN_FLAKY, TOKEN_OK, TOKEN_SLOW
+from tasks.platform.queues import async_redis_client
 
 #: tok_flaky fails this many times per idempotency key before it approves
 FLAKY_FAILURES = 2
@@ -59,7 +59,7 @@ async def sandbox_charge(request: HttpRequest) -> JsonResponse:
 
 async def _flaky_attempt(key: str) -> int:
     """How many charges tok_flaky has seen with this key, this one included."""
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    client = async_redis_client()
     try:
         name = f"sandbox:flaky:{key}"
         count = await client.incr(name)

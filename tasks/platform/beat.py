@@ -28,7 +28,7 @@ from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tasks.platform.queues import LEASE_KEY
+from tasks.platform.queues import LEASE_KEY, redis_client
 from tasks.platform.services.beat import Outcome, schedule_dispatch_due
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class LeaderLease:
         # Short timeouts and no retries: a Redis that does not answer must not hold a tick longer
         # than a fraction of the lease (the beat then simply does not lead).
         timeout = min(2.0, seconds / 3)
-        self.client = redis.Redis.from_url(
+        self.client = redis_client(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
         self._renew = self.client.register_script(self.RENEW)

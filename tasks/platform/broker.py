@@ -6,8 +6,9 @@ callbacks anew. A client holds no connection of its own (it takes one from the c
 each command, thread-safely, and a forked process gets a fresh pool), so the channel keeps the
 first one it makes.
 
-It is installed as the transport of ``redis://`` URLs, so that URLs and everything that reads
-them (Flower's broker view, the workers' banner) stay as they are.
+It is installed as the transport of ``redis://`` URLs, and its Sentinel twin as that of
+``sentinel://`` URLs, so that URLs and everything that reads them (Flower's broker view, the
+workers' banner) stay as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from kombu.transport import TRANSPORT_ALIASES, redis
 
 
-class Channel(redis.Channel):
+class ReusedClient:
     _sync_client = None
 
     # Private API (kombu): the channel makes its Redis clients only in _create_client; nothing public reuses one.
@@ -28,12 +29,26 @@ class Channel(redis.Channel):
         return self._sync_client
 
 
+class Channel(ReusedClient, redis.Channel):
+    pass
+
+
 class Transport(redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(ReusedClient, redis.SentinelChannel):
+    """The client's pool asks a sentinel for the master on each new connection, so a kept client
+    follows a failover as a new one would."""
+
+
+class SentinelTransport(redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
 def install() -> None:
-    """Make this the transport of ``redis://`` and ``rediss://`` URLs in this process (kombu
-    looks a URL's scheme up in TRANSPORT_ALIASES when it connects)."""
+    """Make these the transports of ``redis://``, ``rediss://`` and ``sentinel://`` URLs in this
+    process (kombu looks a URL's scheme up in TRANSPORT_ALIASES when it connects)."""
     for scheme in ("redis", "rediss"):
         TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"

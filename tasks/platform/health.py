@@ -4,16 +4,16 @@ in the error) goes to the server log only."""
 
 import logging
 
-import redis
-from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.decorators.http import require_GET
 
+from tasks.platform.queues import redis_client
+
 logger = logging.getLogger(__name__)
 
-_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+_redis = redis_client(socket_connect_timeout=1, socket_timeout=1)
 
 
 @require_GET

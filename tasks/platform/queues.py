@@ -2,10 +2,16 @@
 and the platform's own Redis keys and the client that reads and writes them."""
 
 from functools import cache
+from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import models
+
+from project.redis_clients import async_redis_client as project_async_redis_client
+from project.redis_clients import async_redis_pool as project_async_redis_pool
+from project.redis_clients import redis_client as project_redis_client
 
 
 class QueueName(models.TextChoices):
@@ -46,8 +52,24 @@ def worker_key(hostname: str) -> str:
 LEASE_KEY = "platform:beat:leader"
 
 
+def redis_client(url: str | None = None, **options: Any) -> redis.Redis:
+    """A new client of REDIS_URL (or ``url``): the Redis it names, or the master its Sentinel names
+    (project.redis_clients). ``options`` are redis-py's connection options (timeouts, retry)."""
+    return project_redis_client(url or settings.REDIS_URL, master=settings.REDIS_SENTINEL_MASTER, **options)
+
+
+def async_redis_client(**options: Any) -> aioredis.Redis:
+    """An asyncio client of REDIS_URL, as ``redis_client``; its ``aclose`` closes its connections."""
+    return project_async_redis_client(settings.REDIS_URL, master=settings.REDIS_SENTINEL_MASTER, **options)
+
+
+def async_redis_pool(**options: Any) -> aioredis.ConnectionPool:
+    """An asyncio connection pool of REDIS_URL, as ``redis_client``."""
+    return project_async_redis_pool(settings.REDIS_URL, master=settings.REDIS_SENTINEL_MASTER, **options)
+
+
 @cache
 def platform_redis() -> redis.Redis:
     """The client of the platform's own keys (consumers, heartbeats): one-second timeouts, so a
     Redis that does not answer costs its caller a second, never a hang."""
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    return redis_client(socket_connect_timeout=1, socket_timeout=1)

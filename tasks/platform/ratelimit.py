@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 
+from tasks.platform.queues import redis_client
+
 logger = logging.getLogger(__name__)
 
 #: the window the limit is counted over
@@ -57,7 +59,7 @@ class Verdict:
 
 @functools.cache
 def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS)
+    return redis_client(url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS)
 
 
 @functools.cache

@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 
 from tasks.platform.engine.events import job_channel
 from tasks.platform.models import Job
+from tasks.platform.queues import async_redis_pool, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -233,8 +234,7 @@ class StreamHub:
             connection = None
             self._connecting = True
             try:
-                pool = aioredis.ConnectionPool.from_url(
-                    settings.REDIS_URL,
+                pool = async_redis_pool(
                     socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
                     socket_timeout=REDIS_TIMEOUT_SECONDS,  # writes; the reads wait for messages without one
                     socket_keepalive=True,
@@ -462,7 +462,7 @@ def _release_local(user_id: int) -> None:
 
 @cache
 def _redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
+    return redis_client(
         url, socket_connect_timeout=SLOT_REDIS_TIMEOUT_SECONDS, socket_timeout=SLOT_REDIS_TIMEOUT_SECONDS
     )
 

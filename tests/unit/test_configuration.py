@@ -33,6 +33,9 @@ MANAGE_CHECK = [str(BIN_DIR / "python"), "manage.py", "check"]
         ({"DATABASE_URL": "postgres://"}, "DATABASE_URL"),
         ({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL"),
         ({"REDIS_URL": "redis://127.0.0.1:port/0"}, "REDIS_URL"),
+        ({"REDIS_URL": "sentinel://127.0.0.1:26379;redis://127.0.0.1:6379/0"}, "REDIS_URL"),
+        ({"REDIS_URL": "sentinel://127.0.0.1:26379/1;sentinel://127.0.0.1:26380/2"}, "REDIS_URL"),
+        ({"REDIS_URL": "sentinel://127.0.0.1:26379/0", "REDIS_SENTINEL_MASTER": " "}, "REDIS_SENTINEL_MASTER"),
         ({"DJANGO_SECRET_KEY": ""}, "DJANGO_SECRET_KEY"),
         ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG"),
         ({"API_MAX_BODY_BYTES": "lots"}, "API_MAX_BODY_BYTES"),
@@ -57,6 +60,7 @@ def test_bad_django_setting_stops_start_up_with_one_line(env, named):
         ({"BROKER_VISIBILITY_TIMEOUT": "600", "TASK_TIME_LIMIT": "660"}, "BROKER_VISIBILITY_TIMEOUT"),
         ({"TASK_SOFT_TIME_LIMIT": "100", "TASK_TIME_LIMIT": "90"}, "TASK_TIME_LIMIT"),
         ({"REDIS_URL": "redis://:secret@"}, "REDIS_URL"),
+        ({"REDIS_URL": "sentinel://127.0.0.1:port/0"}, "REDIS_URL"),
     ],
 )
 def test_bad_celery_setting_stops_a_worker_with_one_line(env, named):

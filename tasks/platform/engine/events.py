@@ -8,9 +8,10 @@ from functools import cache
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
+
+from tasks.platform.queues import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ def job_channel(job_id: object) -> str:
 
 @cache
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    return redis_client(socket_connect_timeout=2, socket_timeout=2)
 
 
 def job_event_publish(*, job_id: object, kind: str, **data: Any) -> None:

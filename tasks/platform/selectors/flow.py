@@ -15,7 +15,7 @@ from django.db.models import Q
 from tasks.platform.concurrency import CONCURRENCY, RATES, parse_rate
 from tasks.platform.models import ConcurrencyOverride, Job, Pause, PauseScope, RateOverride
 from tasks.platform.models.jobs import IN_QUEUE_STATES, SLOT_STATES, HeldReason
-from tasks.platform.queues import QueueName, consumer_key
+from tasks.platform.queues import QueueName, consumer_key, redis_client
 
 #: slot holders named in a concurrency reason
 HOLDERS_SHOWN = 10
@@ -135,7 +135,7 @@ def _awaiting_turn(job: Job) -> Blocked:
 
 @cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    return redis_client(socket_connect_timeout=1, socket_timeout=1)
 
 
 def queues_consumed() -> frozenset[str] | None:

@@ -16,7 +16,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from tasks.platform.models import Job
-from tasks.platform.queues import PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName
+from tasks.platform.queues import PRIORITY_HIGHEST, PRIORITY_LOWEST, QueueName, redis_client
 
 #: the window of "succeeded" in the overview
 SUCCEEDED_WINDOW = timedelta(hours=24)
@@ -82,21 +82,10 @@ def queue_ledger_counts(*, owner=None) -> dict[str, dict[str, int]]:
 
 
 def queue_waiting_counts() -> dict[str, int]:
-    """Messages waiting in the broker per queue: the sum over its priority lists, one pipeline.
-
-    With kombu's Redis transport a queue is one list per priority step: ``<queue>`` for step 0
-    and ``<queue><sep><step>`` for the others.
-    """
-    options = _transport_options()
-    steps = options.get("priority_steps") or list(range(PRIORITY_HIGHEST, PRIORITY_LOWEST + 1))
-    sep = options.get("sep", ":")
-    prefix = options.get("global_keyprefix", "")
-    keys = {
-        queue: [f"{prefix}{queue}{sep}{step}" if step else f"{prefix}{queue}" for step in steps]
-        for queue in QueueName.values
-    }
+    """Messages waiting in the broker per queue: the sum over its priority lists, one pipeline."""
+    keys = queue_list_keys()
     try:
-        pipe = _redis(settings.REDIS_URL).pipeline(transaction=False)
+        pipe = broker_redis().pipeline(transaction=False)
         for queue_keys in keys.values():
             for key in queue_keys:
                 pipe.llen(key)
@@ -106,13 +95,30 @@ def queue_waiting_counts() -> dict[str, int]:
     return {queue: sum(next(lengths) for _ in queue_keys) for queue, queue_keys in keys.items()}
 
 
-def _transport_options() -> dict:
+def queue_list_keys() -> dict[str, list[str]]:
+    """The Redis lists of each queue, most urgent first. With kombu's Redis transport a queue is
+    one list per priority step: ``<queue>`` for step 0 and ``<queue><sep><step>`` for the others."""
+    options = transport_options()
+    steps = options.get("priority_steps") or list(range(PRIORITY_HIGHEST, PRIORITY_LOWEST + 1))
+    sep = options.get("sep", ":")
+    prefix = options.get("global_keyprefix", "")
+    return {
+        queue: [f"{prefix}{queue}{sep}{step}" if step else f"{prefix}{queue}" for step in steps]
+        for queue in QueueName.values
+    }
+
+
+def transport_options() -> dict:
     from project.celery import app
 
     return app.conf.broker_transport_options or {}
 
 
+def broker_redis() -> redis.Redis:
+    """A client of the broker's Redis that fails fast: the overview is read by a web request."""
+    return _redis(settings.REDIS_URL)
+
+
 @functools.cache
 def _redis(url: str) -> redis.Redis:
-    # Fail fast: the overview is read by a web request.
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    return redis_client(url, socket_connect_timeout=2, socket_timeout=5)

@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from tasks.platform.models import Job
 from tasks.platform.models.jobs import SCHEDULE_ORIGIN_PREFIX
-from tasks.platform.queues import LEASE_KEY
+from tasks.platform.queues import LEASE_KEY, redis_client
 from tasks.platform.selectors.flow import Blocked
 
 #: how many upcoming run times a schedule's page lists
@@ -143,7 +143,7 @@ def beat_standby() -> Blocked | None:
 @cache
 def _redis(url: str) -> redis.Redis:
     # Short timeouts and no retries: a Redis that does not answer must not hold a page up.
-    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+    return redis_client(url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0))
 
 
 def _due_times(schedule: PeriodicTask, *, start: datetime, count: int, base: datetime | None = None) -> list[datetime]:

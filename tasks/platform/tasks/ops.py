@@ -8,7 +8,6 @@ import math
 import time
 from typing import Literal
 
-import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from django.conf import settings
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.platform.concurrency import Limit, Rate
 from tasks.platform.errors import PermanentError
 from tasks.platform.json_types import NO_NUL, PRINTABLE, json_int
+from tasks.platform.queues import redis_client
 from tasks.platform.registry import Audience, LedgerTask, public_task
 
 logger = get_task_logger(__name__)
@@ -183,7 +183,7 @@ def ops_mark(task: LedgerTask, payload: MarkPayload) -> dict:
     """An idempotent side effect, to check at-least-once delivery in a live deployment: the mark
     is set once per key (SET NX) however often the job runs, then the task holds. Both keys expire
     after OPS_MARK_TTL_SECONDS, so marks do not pile up in the broker's Redis."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_client()
     ttl = settings.OPS_MARK_TTL_SECONDS
     first = bool(client.set(ops_mark_key(payload.key), task.request.id, nx=True, ex=ttl))
     if first:
