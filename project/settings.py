@@ -161,8 +161,17 @@ if unknown := sorted(set(FAIR_SHARE_QUEUES) - set(QueueName.values)):
     raise SettingError("FAIR_SHARE_QUEUES", f"names no queue: {', '.join(unknown)} (queues: {', '.join(QueueName)})")
 FAIR_SHARE_DEPTH = env_int("FAIR_SHARE_DEPTH", 1, minimum=1)
 
+#: a worker that consumes the bulk queue alone lowers its CPU priority by this much (os.nice; 0
+#: keeps it), so that CPU-heavy jobs do not slow the web, the other queues and the database
+BULK_WORKER_NICE = env_int("BULK_WORKER_NICE", 10, minimum=0)
+if BULK_WORKER_NICE > 19:
+    raise SettingError("BULK_WORKER_NICE", f"({BULK_WORKER_NICE}) must be 0 to 19, the range of nice")
+
 #: how often the relay looks for unpublished and due delayed jobs
 RELAY_INTERVAL_SECONDS = env_int("RELAY_INTERVAL_SECONDS", 1, minimum=1)
+#: after Redis lost data, how long a queued job found missing from it may still be on its way
+#: into a worker before the relay sends it again (tasks.platform.services.broker_loss)
+BROKER_LOSS_GRACE_SECONDS = env_int("BROKER_LOSS_GRACE_SECONDS", 2, minimum=1)
 #: succeeded jobs are pruned from the ledger after this many days (nightly, jobs.prune_finished)
 JOB_RETENTION_DAYS = env_int("JOB_RETENTION_DAYS", 30, minimum=1)
 #: failed, dead and cancelled jobs are pruned after this many days: longer, they are what ops look into

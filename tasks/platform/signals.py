@@ -1,8 +1,8 @@
-"""Worker signal handlers: database connections kept across tasks, a message the worker
-refuses marks its ledger row dead, each heartbeat says which queues this worker consumes
-(a key per queue that expires unless renewed, read by "why isn't my job running"), the
-worker's own heartbeat says it is alive and which jobs it runs, and the lines a task writes name
-its job (tasks.platform.logs).
+"""Worker signal handlers: a bulk worker's lower CPU priority, database connections kept across
+tasks, a message the worker refuses marks its ledger row dead, each heartbeat says which queues
+this worker consumes (a key per queue that expires unless renewed, read by "why isn't my job
+running"), the worker's own heartbeat says it is alive and which jobs it runs, and the lines a
+task writes name its job (tasks.platform.logs).
 
 The worker's heartbeat (tasks.platform.heartbeats) beats from ``worker_ready`` to
 ``worker_shutdown``, which Celery sends once the runs ended.
@@ -17,6 +17,7 @@ A body the worker cannot decode has no signal: ``tasks.platform.worker.LedgerCon
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import redis
@@ -26,19 +27,30 @@ from celery.signals import (
     task_prerun,
     task_rejected,
     task_unknown,
+    worker_init,
     worker_ready,
     worker_shutdown,
 )
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from tasks.platform import heartbeats, logs
 from tasks.platform.engine import engine
-from tasks.platform.queues import CONSUMER_TTL_SECONDS, consumer_key, platform_redis
+from tasks.platform.queues import CONSUMER_TTL_SECONDS, QueueName, consumer_key, platform_redis
 
 logger = logging.getLogger(__name__)
 
 #: the queues this worker process consumes, known once it is ready
 _consumed: list[str] = []
+
+
+@worker_init.connect
+def yield_cpu_to_the_web(sender: Any = None, **_: Any) -> None:
+    """A worker of the bulk queue alone runs at a lower CPU priority (BULK_WORKER_NICE), it and the
+    pool processes it forks: its CPU-heavy jobs then take only the cores web, the other queues'
+    workers and the database leave idle."""
+    if settings.BULK_WORKER_NICE and set(sender.app.amqp.queues.consume_from) == {QueueName.BULK.value}:
+        os.nice(settings.BULK_WORKER_NICE)
 
 
 @worker_ready.connect

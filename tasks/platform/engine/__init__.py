@@ -1,7 +1,8 @@
 """The job engine: the only code that changes a job's state or writes its attempts.
 
 Transitions (methods of ``Engine``): ``insert`` new jobs; ``publish`` them after commit (and
-``claim_due`` for the relay); ``begin_attempt`` / ``claim_batch`` a run; ``succeed`` /
+``claim_due`` for the relay, ``resend`` of queued jobs whose messages the broker lost);
+``begin_attempt`` / ``claim_batch`` a run; ``succeed`` /
 ``succeed_many``; ``fail`` (retrying, failed or dead); ``abandon_batch``; ``mark_undeliverable``;
 the relay's ``recover_lost`` (started jobs whose worker stopped answering run again); an
 operator's ``cancel``, ``cancel_terminated``, ``retry``, ``retry_edited`` (a failed or dead job

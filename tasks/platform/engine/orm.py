@@ -248,6 +248,19 @@ class OrmEngine:
             job.publish_error = ""
         return jobs
 
+    def resend(self, *, job_ids: Iterable[str]) -> int:
+        """Queued jobs whose messages the broker lost (tasks.platform.services.broker_loss): their
+        messages owed again, claimed by this process and sent after the commit; how many. A job no
+        longer queued, or whose message is owed already, is left as it is."""
+        with transaction.atomic():
+            jobs = [job for job in _locked(list(job_ids)) if job.state == Job.State.QUEUED]
+            owed = set(JobOutbox.objects.filter(job_id__in=[job.pk for job in jobs]).values_list("job_id", flat=True))
+            jobs = [job for job in jobs if job.pk not in owed]
+            if jobs:
+                self._owe([job.pk for job in jobs], claimed_at=timezone.now())
+                self.publish_on_commit(jobs)
+        return len(jobs)
+
     def _publish_again(self, jobs: list[Job], *, alone: bool = False) -> None:
         """In the caller's transaction, rows locked: through the gate again (``_gated``), the
         queued ones claimed by this process and sent after the commit."""

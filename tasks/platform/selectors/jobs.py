@@ -36,3 +36,10 @@ def jobs_next_due() -> datetime | None:
 def job_get_visible(*, user, job_id: UUID) -> Job:
     """The job, or Http404 when it does not exist or ``user`` may not see it (the same answer)."""
     return get_object_or_404(jobs_visible_to(user), pk=job_id)
+
+
+def jobs_queued_and_sent() -> set[str]:
+    """Ids of the jobs the ledger holds as queued whose message was sent (none is owed in the
+    outbox): each should be in the broker. Read through the state index: the queued jobs only."""
+    queued = Job.objects.filter(state=Job.State.QUEUED, outbox__isnull=True)
+    return {str(pk) for pk in queued.values_list("pk", flat=True)}

@@ -1,6 +1,7 @@
 """The relay: publishes what enqueue could not, and delayed jobs and retries when they fall due;
-admits held jobs whose key has a free slot or whose pause is gone (tasks.platform.engine.flow); and
-runs again the started jobs whose worker stopped answering (tasks.platform.selectors.liveness).
+admits held jobs whose key has a free slot or whose pause is gone (tasks.platform.engine.flow);
+runs again the started jobs whose worker stopped answering (tasks.platform.selectors.liveness); and
+sends again the queued jobs whose messages Redis lost (tasks.platform.services.broker_loss).
 
 It is the only safety net of the engine's publish (tasks.platform.engine.orm): every pending job whose
 publish is unclaimed or whose claim expired, and every delayed job or retry that fell due, is
@@ -19,6 +20,7 @@ from django.utils import timezone
 from tasks.platform.engine import engine
 from tasks.platform.selectors.jobs import jobs_next_due
 from tasks.platform.selectors.liveness import runs_lost
+from tasks.platform.services.broker_loss import BrokerWatch
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,16 @@ def jobs_recover(*, limit: int = RELAY_BATCH) -> int:
     if not lost:
         return 0
     return engine().recover_lost(runs=lost, max_worker_losses=settings.TASK_MAX_WORKER_LOSSES)
+
+
+def jobs_resend_lost(watch: BrokerWatch) -> int:
+    """Queued jobs whose messages Redis lost since the last pass are sent again (once their grace
+    is over); how many. Without Redis, none this pass: the loss is seen when it answers again."""
+    try:
+        return watch.check()
+    except redis.RedisError as exc:
+        logger.warning("relay: Redis unavailable, lost messages are looked for when it answers: %s", exc)
+        return 0
 
 
 def relay_wait(interval: float) -> float:
