@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+import django
 
 from project.env import (
     SettingError,
@@ -61,6 +62,20 @@ INSTALLED_APPS = [
     "bootstrap",
     "tasks",
 ]
+if django.VERSION < (6, 0):
+    # Django's task API from the pinned backport (Django 6 ships it as django.tasks): its checks
+    # and signal handlers, as the backport asks.
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("tasks"), "django_tasks")
+
+#: Django's task API (``@task``, ``.enqueue()``, ``get_result``) runs on the platform: each task a
+#: ledger job (tasks.platform.django_tasks). DJANGO_TASK_MODULES: modules of Django tasks other
+#: than the apps' ``tasks`` modules, which every process imports at start.
+TASKS = {
+    "default": {
+        "BACKEND": "tasks.platform.django_tasks.PlatformTaskBackend",
+        "OPTIONS": {"MODULES": env_list("DJANGO_TASK_MODULES", "")},
+    }
+}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

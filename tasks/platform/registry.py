@@ -203,6 +203,7 @@ def ledger_task(
     concurrency: Limit | None = None,
     rate: Rate | None = None,
     share_by: str | None = None,
+    base: type[LedgerTask] | None = None,
     **options: Any,
 ) -> Callable:
     """Declare a ledger task; the function receives the task and the validated payload model.
@@ -212,6 +213,7 @@ def ledger_task(
     put on a beat schedule in admin. ``concurrency``: at most that many of its jobs run at once,
     per key; ``rate``: at most that many start per period, per key; ``share_by``: the payload field
     whose values take turns on a fair-share queue, instead of owners (tasks.platform.concurrency).
+    ``base``: a subclass of LedgerTask for the task's class (Django's task API uses one).
     """
 
     def decorate(function: Callable[[LedgerTask, BaseModel], Any]) -> LedgerTask:
@@ -219,7 +221,7 @@ def ledger_task(
         def run(self: LedgerTask, **kwargs: Any) -> Any:
             return function(self, self.payload_schema.model_validate(kwargs))
 
-        task = shared_task(name=name, base=LedgerTask, bind=True, payload_schema=payload, **options)(run)
+        task = shared_task(name=name, base=base or LedgerTask, bind=True, payload_schema=payload, **options)(run)
         LEDGER_TASKS[name] = task
         PAYLOAD_SCHEMAS[name] = payload
         for declared in (concurrency, rate):

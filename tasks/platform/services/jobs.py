@@ -74,7 +74,7 @@ class JobRequest:
     payload: dict[str, Any] | None = None
     queue: str | None = None
     priority: int | None = None
-    delay: timedelta | float | None = None
+    delay: timedelta | float | datetime | None = None
     idempotency_key: str | None = None
     max_attempts: int | None = None
 
@@ -86,7 +86,7 @@ def job_enqueue(
     owner=None,
     queue: str | None = None,
     priority: int | None = None,
-    delay: timedelta | float | None = None,
+    delay: timedelta | float | datetime | None = None,
     idempotency_key: str | None = None,
     max_attempts: int | None = None,
     origin: str = "",
@@ -101,8 +101,9 @@ def job_enqueue(
     same idempotency key is returned instead). ``public_only`` (the API) refuses the tasks only
     services may enqueue, as unknown. ``after`` makes it a workflow step that waits until that
     job succeeds, ``waiting_for`` a group's callback that waits for that many members to succeed
-    (see tasks.platform.engine.workflows). When the publish fails (Redis down) the row is ``pending``
-    for the relay and ``job.publish_error`` says why.
+    (see tasks.platform.engine.workflows). ``delay``: seconds, a timedelta, or an aware datetime to
+    run at. When the publish fails (Redis down) the row is ``pending`` for the relay and
+    ``job.publish_error`` says why.
     """
     request = JobRequest(
         task_name=task_name,
@@ -220,6 +221,9 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool, no
     if not PRIORITY_HIGHEST <= priority <= PRIORITY_LOWEST:
         raise InvalidOption(f"priority must be between {PRIORITY_HIGHEST} (most urgent) and {PRIORITY_LOWEST}")
     delay = request.delay
+    run_at = None
+    if isinstance(delay, datetime):  # a time to run at (Django's run_after): kept exactly
+        run_at, delay = delay, max(delay - now, timedelta(0))
     try:
         if delay is not None and not isinstance(delay, timedelta):
             delay = timedelta(seconds=delay)
@@ -244,7 +248,7 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool, no
         idempotency_key=key,
         max_attempts=request.max_attempts,
         state=Job.State.SCHEDULED if delayed else Job.State.PENDING,
-        run_at=now + delay if delayed else None,
+        run_at=(run_at or now + delay) if delayed else None,
         created_at=now,
     )
     job.created, job.publish_error = True, ""
@@ -253,8 +257,12 @@ def _job_build(request: JobRequest, *, owner, origin: str, public_only: bool, no
 
 @cache
 def task_queue(task_name: str) -> str:
-    """The queue celeryconfig's routes give a task (routes are static configuration)."""
+    """The queue a task declares (``declared_queue``: a Django task's ``queue_name``), else the one
+    celeryconfig's routes give it (routes are static configuration)."""
     from project.celery import app
 
+    declared = getattr(app.tasks.get(task_name), "declared_queue", None)
+    if declared:
+        return declared
     route = app.amqp.router.route({}, task_name)
     return route["queue"].name
