@@ -202,9 +202,9 @@ def jobs_search(search: JobSearch, *, jobs: QuerySet[Job] | None = None) -> Quer
 
 
 def _payload_contains(value: dict[str, Any]) -> Q:
-    """Containment: ``@>`` where the database has it (PostgreSQL, the GIN index), otherwise one
-    equality per key path (SQLite's JSON_EXTRACT, a scan)."""
-    if connection.vendor == "postgresql":
+    """Containment where the database has it (PostgreSQL's ``@>``, served by the GIN index),
+    otherwise one equality per key path (SQLite's JSON_EXTRACT, a scan)."""
+    if connection.features.supports_json_field_contains:
         return Q(payload__contains=value)
     # Lookups built from expressions, not keyword paths, so that a key such as "contains" or "a__b"
     # stays a key. The value goes as JSON text, as JSONField would prepare it for a keyword lookup
