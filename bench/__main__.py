@@ -4,8 +4,10 @@
 
 Every scenario runs N times (default 5); in each run the raw-Celery counterpart is measured
 first, then ours, with the same sizes and worker topology, and each figure is the median of
-the runs. Real processes only: a Redis the bench starts, `celery worker` processes, the web
-process from the Procfile; nothing is mocked and nothing runs eagerly.
+the runs. The drain of no-op jobs sent one a message has a second counterpart, Celery +
+django-celery-results (bench/dcr_app.py), measured between the two. Real processes only: a
+Redis the bench starts, `celery worker` processes, the web process from the Procfile; nothing is
+mocked and nothing runs eagerly.
 
 Writes latest.md, latest.json and PNG plots to bench/results/ (a full run), var/bench/ (--only)
 or a temporary directory (--smoke: every scenario once, at tiny sizes). Worker and web logs go
@@ -119,6 +121,8 @@ def size_setting(text: str) -> tuple[str, float]:
 
 
 def describe(environment, sizes: Sizes, runs: int, timings: dict, load_at_start: float, seconds: float) -> dict:
+    from importlib.metadata import version
+
     import celery
     import django
     import kombu
@@ -132,6 +136,7 @@ def describe(environment, sizes: Sizes, runs: int, timings: dict, load_at_start:
         "python": platform.python_version(),
         "celery": celery.__version__,
         "kombu": kombu.__version__,
+        "django_celery_results": version("django-celery-results"),
         "django": django.get_version(),
         "database": environment.database,
         "redis": environment.redis,

@@ -46,6 +46,12 @@ class Sizes:
     #: jobs in the ledger searched (scenario search), and searches timed of each kind
     search_rows: int = 1_000_000
     search_samples: int = 9
+    #: confirmed orders each sales report of the isolation scenario covers
+    isolation_orders: int = 10_000
+    #: critical jobs' starts measured in each phase of the isolation scenario (enough for a p99)
+    isolation_critical_samples: int = 100
+    #: jobs `make run` runs end to end, posted through the API in batches (scenario make_run)
+    make_run_jobs: int = 3_000
 
 
 #: `--smoke`: every scenario once, at sizes that only show it works
@@ -73,6 +79,9 @@ SMOKE = Sizes(
     fair_samples=3,
     search_rows=2_000,
     search_samples=3,
+    isolation_orders=200,
+    isolation_critical_samples=5,
+    make_run_jobs=100,
 )
 
 

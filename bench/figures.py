@@ -1,7 +1,8 @@
 """Figures: each run's value of ours and of its counterpart, their medians, the ratio and the goal.
 
-The counterpart is raw Celery measured in the same run, or for a few figures a baseline of the
-platform itself (idle, after 1,000 jobs), named by ``Figure.baseline``.
+The counterpart is raw Celery measured in the same run, Celery + django-celery-results (the
+single-message drain: a figure of its own beside the one against raw Celery), or for a few figures
+a baseline of the platform itself (idle, after 1,000 jobs), named by ``Figure.baseline``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def over_raw_at_most(extra: float) -> Goal:
 
 REPORT = Goal("report")
 
+RAW_CELERY = "raw Celery"
+#: the second counterpart (bench.dcr_app): Celery with its task states in the database
+CELERY_RESULTS = "Celery + django-celery-results"
+
 
 @dataclass
 class Figure:
@@ -51,7 +56,7 @@ class Figure:
     unit: str
     goal: Goal = REPORT
     #: what the counterpart column holds; None when there is none
-    baseline: str | None = "raw Celery"
+    baseline: str | None = RAW_CELERY
     #: "main": the summary table; another name: a table of its own (every topology of a scenario)
     section: str = "main"
     ours_runs: list[float] = field(default_factory=list)

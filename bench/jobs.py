@@ -1,13 +1,19 @@
-"""Filling queues and waiting until they are done, the platform's way and raw Celery's."""
+"""Filling queues and waiting until they are done, the platform's way, raw Celery's, and Celery +
+django-celery-results'."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 import time
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import cache
 
 from bench.environment import broker_client
+from bench.processes import DCR
 from bench.raw_app import QUEUE as RAW_QUEUE
-from tests.support.processes import wait_until
+from tests.support.processes import BASE_DIR, BIN_DIR, wait_until
 
 NOOP = "ops.noop"
 
@@ -88,6 +94,74 @@ def wait_raw_drained(*, timeout: float, interval: float = 0.005) -> int:
         if time.monotonic() > deadline:
             raise SystemExit(f"raw Celery did not drain in {timeout}s: {waiting} waiting, {unacked} unacknowledged")
         time.sleep(interval)
+
+
+#: django_celery_results' TaskResult table: the bench process reads it with SQL, since its settings
+#: do not install the app (see bench.dcr_settings)
+DCR_RESULTS_TABLE = "django_celery_results_taskresult"
+
+
+@cache
+def dcr_migrate() -> None:
+    """Create django_celery_results' tables in the bench's database (its migrations, run with the
+    counterpart's settings); once per bench process."""
+    dcr_run(["-m", "django", "migrate", "--noinput", "--verbosity", "0"], timeout=120)
+
+
+def dcr_fill(count: int) -> None:
+    """``count`` no-op tasks of the Celery + django-celery-results counterpart, one ``.delay()``
+    each, sent by a process of that Django project (bench.dcr_send)."""
+    dcr_run(["-m", "bench.dcr_send", str(count)], timeout=drain_timeout(count))
+
+
+def dcr_run(args: list[str], *, timeout: float) -> None:
+    env = {**os.environ, **DCR.env()}
+    argv = [str(BIN_DIR / "python"), *args]
+    done = subprocess.run(argv, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode:
+        raise SystemExit(f"{shlex.join(argv)} failed:\n{done.stderr[-3000:]}")
+
+
+def dcr_clear() -> None:
+    """Empty the counterpart's results table, so that a drain counts its own tasks only."""
+    from django.core.management.color import no_style
+    from django.db import connection
+
+    # Private API (Django): flush's per-table SQL is only in the backend's operations (as in ledger_clear).
+    connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), [DCR_RESULTS_TABLE]))
+
+
+def wait_dcr_done(count: int, *, timeout: float, interval: float = 0.02) -> datetime:
+    """Wait until ``count`` tasks have a finished TaskResult row, all SUCCESS and each with its
+    STARTED recorded (``date_started``: task_track_started on); returns the last one's
+    ``date_done`` (the worker's clock, as the ledger's ``finished_at``)."""
+    from celery import states
+    from django.db import connection
+    from django.utils.dateparse import parse_datetime
+
+    def rows(sql: str, params: list) -> list[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.format(table=DCR_RESULTS_TABLE), params)
+            return cursor.fetchall()
+
+    ready = [states.SUCCESS, states.FAILURE, states.REVOKED]  # Celery's READY_STATES
+    finished = "SELECT COUNT(*) FROM {table} WHERE status IN (%s, %s, %s)"
+    wait_until(
+        lambda: rows(finished, ready)[0][0] >= count,
+        timeout=timeout,
+        interval=interval,
+        what=f"{count} tasks to finish",
+    )
+    failed = rows(
+        "SELECT status, date_started, result FROM {table} WHERE status <> %s OR date_started IS NULL", [states.SUCCESS]
+    )
+    if failed:
+        raise SystemExit(f"{len(failed)} task(s) did not succeed or never recorded STARTED, e.g. {failed[0]}")
+    (last,) = rows("SELECT date_done FROM {table} ORDER BY date_done DESC LIMIT 1", [])[0]
+    if isinstance(last, str):  # SQLite, should its column type not be converted
+        last = parse_datetime(last)
+    # SQLite holds UTC without an offset (USE_TZ); PostgreSQL answers an aware datetime.
+    return last if last.tzinfo else last.replace(tzinfo=UTC)
 
 
 def raw_stamp(key: str, *, timeout: float) -> float:

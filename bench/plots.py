@@ -1,4 +1,4 @@
-"""PNG plots of the results: throughput bars (ours vs raw) and latency distributions (CDFs)."""
+"""PNG plots of the results: throughput bars (ours vs its counterpart) and latency distributions (CDFs)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.ticker import ScalarFormatter
 
-from bench.figures import Figure, Results
+from bench.figures import CELERY_RESULTS, RAW_CELERY, Figure, Results
 
-OURS_COLOUR, RAW_COLOUR = "tab:blue", "tab:gray"
+OURS_COLOUR = "tab:blue"
+#: the counterparts a throughput bar may stand beside ours, and their colours
+COUNTERPART_COLOURS = {RAW_CELERY: "tab:gray", CELERY_RESULTS: "tab:orange"}
 
 
 def write_plots(out: Path, results: Results) -> list[Path]:
@@ -22,7 +24,7 @@ def write_plots(out: Path, results: Results) -> list[Path]:
     throughput = [
         f
         for f in results
-        if f.unit == "jobs/s" and f.baseline == "raw Celery" and f.raw_runs and f.key != "drain_io.recommended"
+        if f.unit == "jobs/s" and f.baseline in COUNTERPART_COLOURS and f.raw_runs and f.key != "drain_io.recommended"
     ]
     if throughput:
         written.append(throughput_bars(out / "throughput.png", throughput))
@@ -39,7 +41,7 @@ def throughput_bars(path: Path, figures: list[Figure]) -> Path:
     for index, figure in enumerate(figures):
         for offset, runs, median, colour in (
             (-height / 2, figure.ours_runs, figure.ours, OURS_COLOUR),
-            (height / 2, figure.raw_runs, figure.raw, RAW_COLOUR),
+            (height / 2, figure.raw_runs, figure.raw, COUNTERPART_COLOURS[figure.baseline]),
         ):
             ax.barh(index + offset, median, height, color=colour)
             ax.errorbar(
@@ -49,9 +51,10 @@ def throughput_bars(path: Path, figures: list[Figure]) -> Path:
     ax.set_yticks(range(len(figures)), [textwrap.fill(f.label, 60) for f in figures], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("jobs/s (median; whiskers: slowest and fastest run)")
-    swatches = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in (OURS_COLOUR, RAW_COLOUR)]
-    ax.legend(handles=swatches, labels=["ours", "raw Celery"])
-    ax.set_title("Throughput, ours vs raw Celery")
+    shown = [name for name in COUNTERPART_COLOURS if any(f.baseline == name for f in figures)]
+    swatches = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (OURS_COLOUR, *map(COUNTERPART_COLOURS.get, shown))]
+    ax.legend(handles=swatches, labels=["ours", *shown])
+    ax.set_title(f"Throughput, ours vs {' and '.join(shown)}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

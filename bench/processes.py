@@ -1,7 +1,8 @@
-"""The processes a benchmark starts: Celery workers in a given topology (ours or raw), and the web.
+"""The processes a benchmark starts: Celery workers in a given topology (ours, raw, or Celery +
+django-celery-results), and the web.
 
-Both sides start with the same flags (pool, concurrency, prefetch, no mingle/gossip, log level),
-so a figure and its raw counterpart differ only in what runs inside the worker.
+Every side starts with the same flags (pool, concurrency, prefetch, no mingle/gossip, log level),
+so a figure and its counterpart differ only in what runs inside the worker.
 """
 
 from __future__ import annotations
@@ -56,24 +57,39 @@ BULK_TOPOLOGY = Topology("prefork-c1", "prefork", 1)
 
 @dataclass(frozen=True)
 class Side:
-    """Ours (the platform's app, ledger and events on) or raw Celery (bench.raw_app)."""
+    """Ours (the platform's app, ledger and events on), raw Celery (bench.raw_app), or Celery +
+    django-celery-results (bench.dcr_app)."""
 
     name: str
     app_module: str
     queue: str
     #: an empty queue a worker may consume while the bench fills the real one (see Workers.consume)
     idle_queue: str
+    #: the DJANGO_SETTINGS_MODULE of its workers, when not the bench process's own
+    settings_module: str | None = None
+    #: whether its workers set Django up (Celery's Django fix-up does whenever DJANGO_SETTINGS_MODULE
+    #: is set): raw Celery's must not, or the platform's worker signal handlers would run in them
+    django: bool = True
 
     def control_app(self) -> Any:
         if self.name == "ours":
             from project.celery import app
+        elif self.name == "dcr":
+            from bench.dcr_app import app
         else:
             from bench.raw_app import app
         return app
 
+    def env(self) -> dict[str, str]:
+        """What its processes' environment has on top of the bench process's."""
+        return {"DJANGO_SETTINGS_MODULE": self.settings_module} if self.settings_module else {}
 
-OURS = Side("ours", "project", "default", idle_queue="bulk")
-RAW = Side("raw", "bench.raw_app", "raw", idle_queue="raw-idle")
+
+# Ours wait on the critical queue, not the bulk one: a worker of the bulk queue alone runs at a
+# lower CPU priority (BULK_WORKER_NICE), and raw Celery's run at the usual one.
+OURS = Side("ours", "project", "default", idle_queue="critical")
+RAW = Side("raw", "bench.raw_app", "raw", idle_queue="raw-idle", django=False)
+DCR = Side("dcr", "bench.dcr_app", "dcr", idle_queue="dcr-idle", settings_module="bench.dcr_settings")
 
 
 class Workers:
@@ -109,7 +125,10 @@ class Workers:
                 "--pool", self.topology.pool, "--concurrency", str(self.topology.concurrency), *COMMON_FLAGS,
             ]  # fmt: skip
             log_path = self.log_dir / f"{node.split('@')[0]}.log"
-            process = ManagedProcess(argv, {**os.environ, **self.env}, node, log_path=log_path)
+            env = {**os.environ, **self.side.env(), **self.env}
+            if not self.side.django:
+                env.pop("DJANGO_SETTINGS_MODULE", None)
+            process = ManagedProcess(argv, env, node, log_path=log_path)
             self.nodes.append(node)
             self.processes.append(process.start())
 

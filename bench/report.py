@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.figures import Figure, Results
+from bench.figures import RAW_CELERY, Figure, Results
 
 NONE = "-"
 
@@ -26,8 +26,9 @@ def write_markdown(path: Path, results: Results, environment: dict[str, Any], pl
         "",
         f"`make bench` (`python -m bench`), {environment['date']}. Every figure is the median of {runs} "
         f"run{'s' if runs > 1 else ''}; its raw-Celery counterpart was measured in the same runs (raw first, "
-        "then ours), with the same sizes and the same worker topology. Where the counterpart is a baseline "
-        "of the platform itself, the raw column names it.",
+        "then ours), with the same sizes and the same worker topology. Where the counterpart is not raw "
+        "Celery (Celery + django-celery-results, measured between raw and ours, or a baseline of the "
+        "platform itself), the raw column names it.",
         "",
         *table([figure for figure in results if figure.section == "main"]),
     ]
@@ -49,7 +50,7 @@ def table(figures: list[Figure]) -> list[str]:
     rows = ["| figure | ours | raw | ratio | goal | met? |", "|---|---:|---:|---:|---|---|"]
     for figure in figures:
         raw = NONE if figure.raw is None else number(figure.raw)
-        if figure.raw is not None and figure.baseline != "raw Celery":
+        if figure.raw is not None and figure.baseline != RAW_CELERY:
             raw += f" ({figure.baseline})"
         ratio = NONE if figure.ratio is None else f"{figure.ratio:.2f}x"
         met = {None: NONE, True: "yes", False: "**no**"}[figure.met]
@@ -75,10 +76,11 @@ def environment_rows(environment: dict[str, Any]) -> list[tuple[str, str]]:
         ("load average (1 min) at start / end", f"{load['start']:.2f} / {load['end']:.2f}"),
         ("Python", environment["python"]),
         ("Celery / kombu", f"{environment['celery']} / {environment['kombu']}"),
+        ("django-celery-results (a counterpart)", environment.get("django_celery_results", NONE)),
         ("Django", environment["django"]),
         ("database", environment["database"]),
         ("Redis", environment["redis"]),
-        ("worker flags (both sides)", f"`{environment['worker_flags']}`"),
+        ("worker flags (every side)", f"`{environment['worker_flags']}`"),
         ("runs per figure", str(environment["runs"])),
         ("duration", f"{environment['duration_seconds'] / 60:.1f} min"),
         ("longest run of each scenario", ", ".join(f"{name} {max(times):.0f} s" for name, times in timings)),

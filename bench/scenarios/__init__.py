@@ -20,6 +20,8 @@ SCENARIOS: dict[str, tuple[str, str, str | None]] = {
     "flow": ("flow", "run", None),
     "fairness": ("fairness", "run", None),
     "search": ("search", "run", None),
+    "isolation": ("isolation", "run", None),
+    "make_run": ("make_run", "run", None),
 }
 
 

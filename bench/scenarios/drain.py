@@ -6,6 +6,12 @@ their start-up is not timed), and puts them back on the empty queue once it is d
 first, then ours, the side not measured idle. Ours is done when the ledger has every job
 succeeded (the time is the last ``finished_at``); raw Celery when its queue is empty and no
 delivery is left unacknowledged.
+
+The no-op drain of jobs sent one a message has a second counterpart, Celery +
+django-celery-results (bench.dcr_app), whose workers start and wait with the others and are
+measured between raw and ours: its queue filled by ``.delay()``, done when every task's
+TaskResult row is SUCCESS (the time is the last ``date_done``). It is a figure of its own beside
+the one against raw Celery, with the same runs of ours.
 """
 
 from __future__ import annotations
@@ -16,9 +22,20 @@ from dataclasses import dataclass
 from django.utils import timezone
 
 from bench.context import Bench
-from bench.figures import REPORT, Results, at_least, ratio_at_least
-from bench.jobs import drain_timeout, ours_enqueue, ours_enqueue_many, raw_fill, wait_ours_done, wait_raw_drained
-from bench.processes import DEFAULT_TOPOLOGY, OURS, RAW, Topology, Workers, running_together
+from bench.figures import CELERY_RESULTS, Results, at_least, ratio_at_least
+from bench.jobs import (
+    dcr_clear,
+    dcr_fill,
+    dcr_migrate,
+    drain_timeout,
+    ours_enqueue,
+    ours_enqueue_many,
+    raw_fill,
+    wait_dcr_done,
+    wait_ours_done,
+    wait_raw_drained,
+)
+from bench.processes import DCR, DEFAULT_TOPOLOGY, OURS, RAW, Topology, Workers, running_together
 
 NOOP_TOPOLOGIES = [DEFAULT_TOPOLOGY, Topology("solo-x2", "solo", 1, processes=2)]
 IO_TOPOLOGIES = [
@@ -31,6 +48,8 @@ IO_TOPOLOGIES = [
 SMOKE_NOOP_TOPOLOGIES = NOOP_TOPOLOGIES[:1]
 SMOKE_IO_TOPOLOGIES = [IO_TOPOLOGIES[2]]
 NOOP_GOAL = ratio_at_least(0.8)
+#: ours against Celery + django-celery-results, jobs sent one a message
+CELERY_RESULTS_GOAL = ratio_at_least(2)
 IO_GOAL = at_least(3500, "jobs/s")
 
 
@@ -62,6 +81,18 @@ def drain_raw(bench: Bench, workers: Workers, jobs: int, *, io_ms: float = 0) ->
     return Drain(jobs, seconds)
 
 
+def drain_dcr(bench: Bench, workers: Workers, jobs: int) -> Drain:
+    dcr_clear()
+    dcr_fill(jobs)
+    start = timezone.now()
+    workers.consume(DCR.queue, instead_of=DCR.idle_queue)
+    last = wait_dcr_done(jobs, timeout=drain_timeout(jobs))
+    workers.consume(DCR.idle_queue, instead_of=DCR.queue)
+    dcr_clear()
+    bench.reset()
+    return Drain(jobs, (last - start).total_seconds())
+
+
 def drain_ours(bench: Bench, workers: Workers, jobs: int, *, batched: bool, io_ms: float = 0) -> Drain:
     if batched:
         ours_enqueue_many(jobs, bench.owner, io_ms=io_ms)
@@ -79,22 +110,32 @@ def drain_ours(bench: Bench, workers: Workers, jobs: int, *, batched: bool, io_m
 
 def run_noop(bench: Bench, results: Results) -> None:
     sizes = bench.sizes
+    dcr_migrate()
     for topology in SMOKE_NOOP_TOPOLOGIES if bench.smoke else NOOP_TOPOLOGIES:
         raw_workers, ours_workers = both_sides(bench, topology)
-        with running_together(raw_workers, ours_workers):
+        dcr_workers = Workers(DCR, topology, queues=[DCR.idle_queue], log_dir=bench.log_dir)
+        with running_together(raw_workers, ours_workers, dcr_workers):
             for batched, jobs in ((True, sizes.drain_batched), (False, sizes.drain_single)):
                 raw = drain_raw(bench, raw_workers, jobs)
+                dcr = None if batched else drain_dcr(bench, dcr_workers, jobs)
                 ours = drain_ours(bench, ours_workers, jobs, batched=batched)
                 how = "enqueue_many (many jobs a message)" if batched else "job_enqueue (one job a message)"
                 kind = "batched" if batched else "single"
-                figure = results.figure(
-                    f"drain_noop.{kind}.{topology.name}",
-                    f"Drain of no-op jobs sent by {how}, {topology.label}",
-                    "jobs/s",
-                    goal=NOOP_GOAL if batched else REPORT,
-                )
+                label = f"Drain of no-op jobs sent by {how}, {topology.label}"
+                figure = results.figure(f"drain_noop.{kind}.{topology.name}", label, "jobs/s", goal=NOOP_GOAL)
                 figure.record(ours.rate, raw.rate, jobs=jobs, ours_seconds=ours.seconds, raw_seconds=raw.seconds)
-                print(f"    {topology.name} {kind}: ours {ours.rate:,.0f}/s, raw {raw.rate:,.0f}/s")
+                line = f"    {topology.name} {kind}: ours {ours.rate:,.0f}/s, raw {raw.rate:,.0f}/s"
+                if dcr is not None:
+                    versus = results.figure(
+                        f"drain_noop.{kind}_dcr.{topology.name}",
+                        f"{label}, vs {CELERY_RESULTS} (task_track_started)",
+                        "jobs/s",
+                        goal=CELERY_RESULTS_GOAL,
+                        baseline=CELERY_RESULTS,
+                    )
+                    versus.record(ours.rate, dcr.rate, jobs=jobs, ours_seconds=ours.seconds, dcr_seconds=dcr.seconds)
+                    line += f", {CELERY_RESULTS} {dcr.rate:,.0f}/s"
+                print(line)
 
 
 def run_io(bench: Bench, results: Results) -> None:

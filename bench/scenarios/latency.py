@@ -14,7 +14,9 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from django.utils import timezone
 
@@ -129,14 +131,25 @@ def api_open_loop(bench: Bench, results: Results) -> None:
 
 
 def post_open_loop(base_url: str, token: str, *, rate: float, seconds: float) -> tuple[list[float], dict[int, int]]:
-    """POST /api/jobs on a fixed schedule (request i at start + i / rate), whatever the answers
-    take; each latency runs from when the request was due, so a slow server cannot hide its
-    queueing by slowing the load down."""
+    """POST /api/jobs (an ops.noop job) in an open loop (``open_loop``)."""
+    body = json.dumps({"task": "ops.noop"})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    latencies, statuses = open_loop(
+        lambda session, _: session.post(f"{base_url}/api/jobs", data=body, headers=headers, timeout=30).status_code,
+        rate=rate,
+        seconds=seconds,
+    )
+    return latencies, status_counts(statuses)
+
+
+def open_loop(send: Callable[[Any, int], int], *, rate: float, seconds: float) -> tuple[list[float], list[int]]:
+    """``send(session, i)`` (request i through a requests session; its status) on a fixed schedule
+    (request i at start + i / rate), whatever the answers take; each latency runs from when the
+    request was due, so a slow server cannot hide its queueing by slowing the load down. The
+    latencies and statuses, in request order."""
     import requests
 
     total = round(rate * seconds)
-    body = json.dumps({"task": "ops.noop"})
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     latencies: list[float] = [0.0] * total
     statuses: list[int] = [0] * total
     numbers = itertools.count()  # next() on it is atomic under the GIL
@@ -148,8 +161,7 @@ def post_open_loop(base_url: str, token: str, *, rate: float, seconds: float) ->
                 due = start + number / rate
                 time.sleep(max(0.0, due - time.perf_counter()))
                 try:
-                    response = session.post(f"{base_url}/api/jobs", data=body, headers=headers, timeout=30)
-                    statuses[number] = response.status_code
+                    statuses[number] = send(session, number)
                 except requests.RequestException:
                     statuses[number] = -1
                 latencies[number] = (time.perf_counter() - due) * 1000
@@ -159,10 +171,14 @@ def post_open_loop(base_url: str, token: str, *, rate: float, seconds: float) ->
         thread.start()
     for thread in threads:
         thread.join()
+    return latencies, statuses
+
+
+def status_counts(statuses: list[int]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for status in statuses:
         counts[status] = counts.get(status, 0) + 1
-    return latencies, counts
+    return counts
 
 
 def critical_starts(bench: Bench, listener: JobEvents, count: int) -> list[float]:

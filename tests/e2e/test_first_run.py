@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
-from pathlib import Path
 
 import psutil
 import pytest
@@ -17,33 +15,11 @@ import requests
 from dotenv import dotenv_values
 
 from tasks.orders.services.catalogue import DEMO_PRODUCTS
-from tests.support.processes import BASE_DIR, BIN_DIR, ManagedProcess, free_port, wait_until
+from tests.support.clone import bare_env, fresh_clone
+from tests.support.processes import BIN_DIR, ManagedProcess, free_port, wait_until
 
 VENV = BIN_DIR.parent
 TIMEOUT = 10
-
-
-def fresh_clone(target: Path) -> Path:
-    """The working tree's tracked and untracked-but-not-ignored files (no var/, no .venv), as a
-    clone with these changes would have them."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=BASE_DIR,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = BASE_DIR / name
-        if not source.is_file():  # deleted in the working tree
-            continue
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target / name)
-    return target
-
-
-def bare_env(**env: str) -> dict[str, str]:
-    """An environment with none of the platform's settings: what a new terminal has."""
-    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8", **env}
 
 
 def get(session: requests.Session, url: str, **kwargs) -> requests.Response | None:

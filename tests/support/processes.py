@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 BASE_DIR = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
 
@@ -70,16 +72,34 @@ class ManagedProcess:
         if self.alive():
             self.popen.send_signal(signum)
 
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 20, *, group: bool = False) -> int | None:
         """Signal the leader as a supervisor would (a Celery worker then shuts down warm and lets
-        its children finish), wait, then SIGKILL whatever is left of the group."""
+        its children finish), or with ``group`` its whole group as a terminal's Ctrl-C does; wait,
+        then SIGKILL whatever is left of the group and of the leader's descendants (honcho starts
+        each of its processes in a session of its own, out of the group's reach)."""
         if self.popen is None:
             return None
-        self.send_signal(signum)
+        descendants = self._descendants()
+        if group and self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signum)
+        else:
+            self.send_signal(signum)
+        deadline = time.monotonic() + timeout
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout)
+        _, left = psutil.wait_procs(descendants, timeout=max(0.0, deadline - time.monotonic()))
         self.kill()
+        for process in left:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         return self.popen.returncode
+
+    def _descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.Error:
+            return []
 
     def kill(self) -> None:
         if self.popen is None:
