@@ -13,9 +13,9 @@ these workers and moves their consumers.
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
+
+from bench.counterpart_conf import shared_conf
 
 QUEUE = "dcr"
 
@@ -23,20 +23,10 @@ QUEUE = "dcr"
 # stay bound to it.
 app = Celery("bench_dcr", set_as_current=False)
 app.conf.update(
-    broker_url=os.environ["REDIS_URL"],
-    # Stock kombu's: the bench process also loads the platform's, which installs its own for redis://.
-    broker_transport="kombu.transport.redis:Transport",
-    broker_connection_retry_on_startup=True,
+    shared_conf(QUEUE),
     result_backend="django-db",
     task_track_started=True,
     task_ignore_result=False,
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-    task_default_queue=QUEUE,
     # Database connections kept across tasks, as the platform's workers keep theirs: the Django
     # fixup would otherwise close them after every task, and the figure would measure PostgreSQL's
     # connection set-up rather than the state writes.

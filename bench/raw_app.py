@@ -16,26 +16,14 @@ from functools import cache
 import redis
 from celery import Celery
 
+from bench.counterpart_conf import shared_conf
+
 QUEUE = "raw"
 
 # Not the current app: the bench process also runs the platform's app, whose shared tasks must
 # stay bound to it.
 app = Celery("bench_raw", set_as_current=False)
-app.conf.update(
-    broker_url=os.environ["REDIS_URL"],
-    # Stock kombu's: the bench process also loads the platform's, which installs its own for redis://.
-    broker_transport="kombu.transport.redis:Transport",
-    result_backend=os.environ["REDIS_URL"],
-    broker_connection_retry_on_startup=True,
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-    task_ignore_result=True,
-    task_default_queue=QUEUE,
-)
+app.conf.update(shared_conf(QUEUE), result_backend=os.environ["REDIS_URL"], task_ignore_result=True)
 
 
 @cache
