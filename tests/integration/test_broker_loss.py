@@ -1,7 +1,9 @@
 """Redis losing its data: the relay sends again, from the ledger, exactly the queued jobs whose
-messages are gone (tasks.platform.services.broker_loss), and every job then runs once."""
+messages are gone (tasks.platform.services.broker_loss), and every job then runs once. So it does
+for a job whose message a worker took and died holding, before the job began."""
 
 import contextlib
+import signal
 import subprocess
 import time
 
@@ -90,3 +92,44 @@ def test_restart_that_lost_the_last_writes_sends_only_the_lost_jobs(own_redis, p
         lambda: Job.objects.filter(state=Job.State.SUCCEEDED).count() == JOBS, timeout=60, what="every job to run"
     )
     assert set(Job.objects.values_list("attempts", flat=True)) == {1}
+
+
+#: a consumer that takes one message of the default queue, unacknowledged, as a worker does, then
+#: waits to be killed: what a worker killed or cut off between the take and the job's begin leaves
+TAKE_ONE = """
+import sys, time
+from kombu import Connection
+import celeryconfig
+with Connection(sys.argv[1], transport_options=celeryconfig.broker_transport_options) as connection:
+    channel = connection.default_channel
+    while channel.basic_get("default", no_ack=False) is None:
+        time.sleep(0.05)
+    print("taken", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_message_a_dead_worker_took_is_sent_again_and_runs_once(own_redis, process_env, start_relay, start_worker):
+    env = {**process_env, "REDIS_URL": own_redis.url}
+    client = redis.Redis.from_url(own_redis.url)
+    enqueue(env, 1)
+    taker = subprocess.Popen(
+        [str(BIN_DIR / "python"), "-c", TAKE_ONE, own_redis.url],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert taker.stdout.readline() == b"taken\n"  # a timeout here: the consumer took nothing
+    finally:
+        taker.send_signal(signal.SIGKILL)
+        taker.wait()
+    assert client.hlen("unacked") == 1  # Redis would give it back after the visibility timeout: an hour
+    assert waiting(client) == 0
+
+    start_relay(env={**env, "WORKER_LOST_AFTER": "3"})
+    start_worker(QueueName.DEFAULT, env={"REDIS_URL": own_redis.url})
+    wait_until(lambda: Job.objects.filter(state=Job.State.SUCCEEDED).exists(), timeout=20, what="the job to run")
+    assert Job.objects.get().attempts == 1
+    assert client.hlen("unacked") == 0  # the dead worker's delivery is forgotten: never given back

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from typing import NamedTuple
 
 from tasks.platform.selectors.queues import broker_redis, queue_list_keys, transport_options
@@ -57,6 +58,51 @@ def job_ids_in_broker() -> set[str]:
     for entry in unacked:  # kombu keeps [message, exchange, routing key]
         ids.update(_job_ids(json.loads(entry)[0]))
     return ids
+
+
+def jobs_taken_before(cutoff: float) -> dict[str, str]:
+    """Job id -> delivery tag, for each job sent alone whose message a worker took before
+    ``cutoff`` (Redis's clock, Unix time) and holds unacknowledged still: kombu's ``unacked`` hash,
+    through its index of delivery times. A message with an ETA (Celery holds it until then) and a
+    batch's (its members rightly wait their turn) are left out. Raises redis.RedisError."""
+    prefix = transport_options().get("global_keyprefix", "")
+    client = broker_redis()
+    tags = client.zrangebyscore(f"{prefix}unacked_index", "-inf", cutoff)
+    if not tags:
+        return {}
+    taken: dict[str, str] = {}
+    for tag, entry in zip(tags, client.hmget(f"{prefix}unacked", tags), strict=True):
+        message = json.loads(entry)[0] if entry else {}
+        headers = (message.get("headers") or {}) if isinstance(message, dict) else {}
+        if headers.get("task") != _BATCH_TASK and not headers.get("eta") and _is_uuid(headers.get("id")):
+            taken[str(headers["id"])] = tag.decode()
+    return taken
+
+
+def _is_uuid(value: object) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def taken_forget(tags: list[str]) -> None:
+    """Drop these unacknowledged messages from kombu's ``unacked`` hash and index, so that Redis
+    does not give them back after the visibility timeout: their jobs were sent again. (kombu has no
+    public call that gives up another, dead consumer's delivery.) Raises redis.RedisError."""
+    prefix = transport_options().get("global_keyprefix", "")
+    pipe = broker_redis().pipeline(transaction=True)
+    pipe.hdel(f"{prefix}unacked", *tags)
+    pipe.zrem(f"{prefix}unacked_index", *tags)
+    pipe.execute()
+
+
+def broker_time() -> float:
+    """Redis's clock, as Unix time: kombu stamps deliveries by the workers' clocks, which agree
+    with it (NTP) far within WORKER_LOST_AFTER."""
+    seconds, microseconds = broker_redis().time()
+    return seconds + microseconds / 1e6
 
 
 def _job_ids(raw: bytes | str | dict) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
 
@@ -38,8 +39,10 @@ def job_get_visible(*, user, job_id: UUID) -> Job:
     return get_object_or_404(jobs_visible_to(user), pk=job_id)
 
 
-def jobs_queued_and_sent() -> set[str]:
+def jobs_queued_and_sent(*, among: Iterable[str] | None = None) -> set[str]:
     """Ids of the jobs the ledger holds as queued whose message was sent (none is owed in the
-    outbox): each should be in the broker. Read through the state index: the queued jobs only."""
+    outbox), of ``among`` or all: each should be in the broker. Read through the state index."""
     queued = Job.objects.filter(state=Job.State.QUEUED, outbox__isnull=True)
+    if among is not None:
+        queued = queued.filter(pk__in=list(among))
     return {str(pk) for pk in queued.values_list("pk", flat=True)}
