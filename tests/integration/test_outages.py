@@ -41,3 +41,16 @@ def test_database_down_makes_readyz_503_naming_the_database(start_web):
 
     assert ready.status_code == 503
     assert list(ready.json()["down"]) == ["database"]
+
+
+def test_database_down_while_enqueueing_answers_503_json_to_ask_again(start_web):
+    _, base = start_web({"DATABASE_URL": f"postgres://nobody@127.0.0.1:{free_port()}/absent"})
+
+    response = requests.post(
+        f"{base}/api/jobs", json={"task": "ops.ping"}, headers={"Authorization": "Bearer any-token"}, timeout=30
+    )
+
+    assert response.status_code == 503
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.headers["Retry-After"] == "5"
+    assert response.json()["code"] == "database_unavailable"

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from ninja import Field, NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -234,6 +235,20 @@ def _not_found(request: HttpRequest, exc: Http404):
 @api.exception_handler(BrokerUnavailable)
 def _broker_unavailable(request: HttpRequest, exc: BrokerUnavailable):
     return _error(request, 503, str(exc), "redis_unavailable")
+
+
+#: how soon a client may ask again when the database did not answer (a restart or a failover)
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unavailable(request: HttpRequest, exc: OperationalError | InterfaceError):
+    """The database did not answer (a restart, a failover, a dropped connection): nothing was done,
+    and asking again later is safe (with an idempotency key, an enqueue is never doubled)."""
+    response = _error(request, 503, "the database is unavailable: try again shortly", "database_unavailable")
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
 
 
 @api.exception_handler(ActionRefused)
