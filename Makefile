@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test test-fast chromium lint bench fuzz clean
+.PHONY: run test test-fast chromium lint bench fuzz soak clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,14 @@ ifeq ($(FUZZ_LIVE),)
 else
 	$(PY) -m tests.fuzz_live --examples $(FUZZ_EXAMPLES) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 endif
+
+## soak: the randomized fault soak (tests/soak; root, for its network namespaces): five hosts, a steady load
+## and faults of random kinds for SOAK_SECONDS, then a report of jobs lost, effects run twice, schedule
+## ticks and recovery per fault kind; SOAK_SEED=<seed> replays a run (`make test` runs a short, seeded one)
+SOAK_SECONDS ?= 1800
+SOAK_SEED ?=
+soak: $(INSTALLED) var/local.env
+	$(PY) -m tests.soak --duration $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 ## lint: ruff, and the architecture contract (pyproject.toml's [tool.importlinter]; `make test` checks it too)
 lint: $(INSTALLED)
