@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from tasks.models import Job
 from tasks.platform.queues import worker_key
+from tasks.platform.selectors.broker_messages import MARK_KEY
 from tasks.platform.selectors.liveness import runs_lost
 from tests.fast.conftest import (
     WORKER,
@@ -102,8 +103,14 @@ def started(engine, *, worker: str = "gone@host", seconds_ago: float = 60) -> Jo
     return job
 
 
+def heartbeats_kept(*, seconds: float = 3600) -> None:
+    """Redis has kept its keys ``seconds``: the broker's mark, as a relay writes it, is that old."""
+    redis.Redis.from_url(settings.REDIS_URL).set(MARK_KEY, f"{int(time.time() - seconds)}:kept")
+
+
 def sweep(engine, *, max_worker_losses: int | None = None) -> int:
     """One recovery pass of the relay, on this engine."""
+    heartbeats_kept()
     lost = runs_lost(started_before=ago(settings.WORKER_LOST_AFTER), limit=100)
     return engine.recover_lost(runs=lost, max_worker_losses=max_worker_losses or settings.TASK_MAX_WORKER_LOSSES)
 
@@ -179,11 +186,25 @@ def test_a_job_started_too_recently_is_not_judged(engine):
 
 def test_a_job_that_started_again_since_it_was_found_is_left_as_it_is(engine):
     job = started(engine)
+    heartbeats_kept()
     lost = runs_lost(started_before=timezone.now() - timedelta(seconds=1), limit=100)
+    assert set(lost) == {str(job.pk)}
     run(engine, job)  # its message came back meanwhile: attempt 1 lost, attempt 2 runs
 
     assert engine.recover_lost(runs=lost, max_worker_losses=3) == 0
     assert (row(job).state, attempts(job)) == (State.STARTED, [(1, "lost"), (2, "running")])
+
+
+def test_no_worker_is_judged_silent_while_redis_may_just_have_lost_every_heartbeat(engine):
+    job = started(engine)
+    judged = lambda: set(runs_lost(started_before=ago(settings.WORKER_LOST_AFTER), limit=100))  # noqa: E731
+
+    redis.Redis.from_url(settings.REDIS_URL).delete(MARK_KEY)  # a FLUSHDB took the mark with every heartbeat
+    assert judged() == set()
+    heartbeats_kept(seconds=settings.WORKER_LOST_AFTER - 5)  # a relay wrote it again since
+    assert judged() == set()
+    heartbeats_kept(seconds=settings.WORKER_LOST_AFTER + 1)  # long enough for any live worker's heartbeat
+    assert judged() == {str(job.pk)}
 
 
 # -- the duplicate guard ------------------------------------------------------------------------

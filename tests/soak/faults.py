@@ -34,6 +34,7 @@ KINDS = (
     "redis_restart",
     "redis_kill_aof",
     "redis_data_loss",
+    "redis_flushall",
     "postgres_restart",
 )
 
@@ -160,6 +161,12 @@ class Faults:
         fault = Fault("redis_data_loss", time.time(), "redis (killed, data removed)")
         self.redis.wipe()
         self.redis.start()
+        return fault
+
+    def redis_flushall(self) -> Fault:
+        """Every key gone while the server runs on: no restart, the same run id."""
+        fault = Fault("redis_flushall", time.time(), "redis (FLUSHALL)")
+        self.redis.client().flushall()
         return fault
 
     def postgres_restart(self) -> Fault:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import uuid
 from typing import NamedTuple
 
@@ -32,14 +33,32 @@ class BrokerMark(NamedTuple):
 
 
 def broker_mark(*, new: str) -> BrokerMark:
-    """The broker's mark (``new``, written now, when it was absent) and its server's run id.
-    Raises redis.RedisError when Redis does not answer."""
+    """The broker's mark (``new``, written now with Redis's time, when it was absent) and its
+    server's run id. Raises redis.RedisError when Redis does not answer."""
     client = broker_redis()
+    seconds, _ = client.time()
     pipe = client.pipeline(transaction=True)
-    pipe.set(MARK_KEY, new, nx=True)
+    pipe.set(MARK_KEY, f"{seconds}:{new}", nx=True)
     pipe.get(MARK_KEY)
     _, mark = pipe.execute()
     return BrokerMark(mark.decode(), str(client.info("server")["run_id"]))
+
+
+def broker_mark_age() -> float | None:
+    """Seconds since the broker's mark was written, by Redis's clock; None when there is none
+    (Redis lost its keys since a relay last looked, or no relay ever ran). A mark written before
+    marks carried their time counts as old. Raises redis.RedisError when Redis does not answer."""
+    pipe = broker_redis().pipeline(transaction=True)
+    pipe.get(MARK_KEY)
+    pipe.time()
+    mark, (seconds, microseconds) = pipe.execute()
+    if mark is None:
+        return None
+    written, _, _ = mark.decode().partition(":")
+    try:
+        return seconds + microseconds / 1e6 - int(written)
+    except ValueError:
+        return math.inf
 
 
 def job_ids_in_broker() -> set[str]:

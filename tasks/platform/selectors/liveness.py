@@ -23,6 +23,7 @@ from django.conf import settings
 
 from tasks.platform.models import Job
 from tasks.platform.queues import WORKER_HEARTBEAT_SECONDS, platform_redis, worker_key
+from tasks.platform.selectors.broker_messages import broker_mark_age
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +147,7 @@ def runs_lost(*, started_before: datetime, limit: int) -> dict[str, LostRun]:
     if not started:
         return {}
     latest = heartbeats(worker for _, worker, _ in started)
-    # A Redis that restarted lost every heartbeat: a worker's missing one says nothing until its
-    # next had time to come.
-    silence_counts = None not in latest.values() or _redis_uptime() >= settings.WORKER_LOST_AFTER
+    silence_counts = None not in latest.values() or _heartbeats_kept()
     lost = {}
     for pk, worker, attempt in started:
         heartbeat = latest[worker]
@@ -162,6 +161,18 @@ def runs_lost(*, started_before: datetime, limit: int) -> dict[str, LostRun]:
             continue
         lost[str(pk)] = LostRun(worker=worker, attempt=attempt, reason=reason)
     return lost
+
+
+def _heartbeats_kept() -> bool:
+    """Whether a missing heartbeat means a silent worker. Not within WORKER_LOST_AFTER of Redis
+    starting, or of it losing its keys (a FLUSHDB, an empty replica promoted: the broker's mark is
+    gone or new): every heartbeat went, and a live worker's next had no time to come."""
+    mark_age = broker_mark_age()
+    return (
+        mark_age is not None
+        and mark_age >= settings.WORKER_LOST_AFTER
+        and _redis_uptime() >= settings.WORKER_LOST_AFTER
+    )
 
 
 def _redis_uptime() -> int:
