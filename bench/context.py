@@ -52,6 +52,20 @@ class Sizes:
     isolation_critical_samples: int = 100
     #: jobs `make run` runs end to end, posted through the API in batches (scenario make_run)
     make_run_jobs: int = 3_000
+    #: generated finished jobs in the ledger (scenario ledger_size), of which ledger_expired are past
+    #: their retention
+    ledger_rows: int = 10_000_000
+    ledger_expired: int = 1_000_000
+    #: job_enqueue calls timed, and no-op jobs drained, on each ledger (scenario ledger_size)
+    ledger_enqueue: int = 2_000
+    ledger_drain: int = 1_000
+    #: GET /api/jobs requests timed of each list (scenario ledger_size)
+    ledger_api_samples: int = 30
+    #: enqueues a second, one at a time, at rest and while retention runs, and how long at rest
+    ledger_enqueue_rate: float = 20
+    ledger_quiet_seconds: float = 30
+    #: a retention still running after this long is stopped (its duration then extrapolated)
+    ledger_retention_seconds: float = 900
 
 
 #: `--smoke`: every scenario once, at sizes that only show it works
@@ -82,6 +96,13 @@ SMOKE = Sizes(
     isolation_orders=200,
     isolation_critical_samples=5,
     make_run_jobs=100,
+    ledger_rows=3_000,
+    ledger_expired=1_000,
+    ledger_enqueue=40,
+    ledger_drain=50,
+    ledger_api_samples=3,
+    ledger_quiet_seconds=1,
+    ledger_retention_seconds=60,
 )
 
 

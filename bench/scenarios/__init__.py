@@ -22,6 +22,7 @@ SCENARIOS: dict[str, tuple[str, str, str | None]] = {
     "search": ("search", "run", None),
     "isolation": ("isolation", "run", None),
     "make_run": ("make_run", "run", None),
+    "ledger_size": ("ledger_size", "run", None),
 }
 
 
