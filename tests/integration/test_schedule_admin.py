@@ -15,7 +15,7 @@ import pytest
 import redis
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -344,15 +344,17 @@ def test_the_last_runs_queries_can_use_the_index_of_schedules_jobs(admin_client)
 
     ledger_reads = [query["sql"] for query in queries if re.search(r'FROM "tasks_job"', query["sql"])]
     assert len(ledger_reads) == 3  # the change page's last runs; the list's latest run, two queries
-    with connection.cursor() as cursor:
-        cursor.execute("SET enable_seqscan = off")  # a table this small is read whole otherwise
-        try:
-            for sql in ledger_reads:
-                cursor.execute(f"EXPLAIN {sql}")
-                plan = "\n".join(row[0] for row in cursor.fetchall())
-                assert "job_schedule_runs" in plan, plan
-        finally:
-            cursor.execute("RESET enable_seqscan")
+    # The index of every job newest first (job_created) serves an equality on created_at too, and
+    # on a table this small the planner may take it: what is asserted is that these queries can
+    # use job_schedule_runs, so job_created is out of the planner's reach here, and back after.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a table this small is read whole otherwise
+        cursor.execute("DROP INDEX job_created")
+        for sql in ledger_reads:
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "job_schedule_runs" in plan, plan
+        transaction.set_rollback(True)
 
 
 def test_the_schedule_list_costs_the_same_queries_for_more_schedules(admin_client):

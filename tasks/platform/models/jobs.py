@@ -172,6 +172,9 @@ class Job(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["state", "-created_at"], name="job_state_created"),
+            # The whole ledger newest first: the job list of staff, who see every job, and its
+            # first page without a filter, which would otherwise read the whole table to sort it.
+            models.Index(fields=["-created_at", "-id"], name="job_created"),
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
             models.Index(fields=["queue", "state"], name="job_queue_state"),
             models.Index(fields=["task_name", "-created_at"], name="job_task_created"),
