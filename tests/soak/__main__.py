@@ -76,12 +76,10 @@ def all_done(intents) -> bool:
     from django.db import close_old_connections
 
     from tasks.platform.models import Job
+    from tasks.platform.models.jobs import FINISHED_STATES
 
     close_old_connections()
-    keys = [key for key in intents]
-    pending = Job.objects.filter(idempotency_key__in=keys).exclude(
-        state__in=["succeeded", "dead", "failed", "cancelled"]
-    )
+    pending = Job.objects.filter(idempotency_key__in=list(intents)).exclude(state__in=FINISHED_STATES)
     return not pending.exists()
 
 

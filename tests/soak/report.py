@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks.platform.models.jobs import FINISHED_STATES
 from tests.soak.faults import Fault
 from tests.soak.load import Intent
 
 RECOVERY_LIMIT_SECONDS = 60
 TICK_SECONDS = 2
-TERMINAL = {"succeeded", "dead", "failed", "cancelled"}
 
 
 @dataclass
@@ -124,7 +124,7 @@ def build(
                 unanswered_not_written += 1  # never accepted: the client gave up without an answer
             continue
         states[row["state"]] += 1
-        if row["state"] not in TERMINAL:
+        if row["state"] not in FINISHED_STATES:
             report.lost.append(f"{key} ({row['state']})")
         elif row["state"] == "succeeded" and not executions.get(key):
             report.lost.append(f"{key} (succeeded without running)")
