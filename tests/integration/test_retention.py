@@ -38,8 +38,11 @@ def media(tmp_path, settings) -> str:
     return str(settings.MEDIA_ROOT)
 
 
-def job(state: str, *, finished_ago: timedelta | None, created_ago: timedelta = timedelta(0), **fields) -> Job:
+def job(state: str, *, finished_ago: timedelta | None, created_ago: timedelta | None = None, **fields) -> Job:
+    """A job row; created when it finished unless ``created_ago`` says (a job finishes after it is
+    created: retention reads only rows created before its cutoff)."""
     now = timezone.now()
+    created_ago = finished_ago if created_ago is None else created_ago
     fields = {"task_name": "ops.ping", "queue": QueueName.DEFAULT, **fields}
     row = Job.objects.create(state=state, finished_at=None if finished_ago is None else now - finished_ago, **fields)
     if created_ago:
