@@ -3,7 +3,13 @@
 ``page`` and ``page_size`` are query parameters whose bounds are declared in the OpenAPI schema
 and enforced before the view runs: out of range answers 422 ``invalid_request`` naming the field.
 ninja's PageNumberPagination declares no maximum for either, so a huge ``page`` made an OFFSET
-past the database's 64-bit integers (a 500). The answer is ``{"items": [...], "count": n}``.
+past the database's 64-bit integers (a 500). The answer is
+``{"items": [...], "count": n, "count_capped": false}``.
+
+``count`` is exact up to COUNT_CAP; past it, the answer says ``"count": COUNT_CAP, "count_capped":
+true``. Counting every match reads every matching row (a scan of the whole ledger for staff), so an
+exact count would make a list as slow as its ledger is large; a capped count reads at most
+COUNT_CAP + 1 index entries.
 """
 
 from typing import Any
@@ -22,6 +28,8 @@ MAX_PAGE_SIZE = 200
 #: the last page one may ask for: the OFFSET stays under 2**31 (MAX_PAGE * MAX_PAGE_SIZE = 2e8), within
 #: any database's integers, and far past any list a user can page through
 MAX_PAGE = 1_000_000
+#: the most a list counts; past it, ``count`` is this and ``count_capped`` is true
+COUNT_CAP = 10_000
 
 
 class ListPagination(PaginationBase):
@@ -36,11 +44,18 @@ class ListPagination(PaginationBase):
             description=f"Items a page, 1 to {MAX_PAGE_SIZE} ({PAGE_SIZE} by default).",
         )
 
+    class Output(Schema):
+        items: list[Any]
+        count: int = Field(description=f"How many items match, counted up to {COUNT_CAP:,}.")
+        count_capped: bool = Field(description=f"True when more than {COUNT_CAP:,} items match.")
+
     def paginate_queryset(self, queryset: QuerySet, pagination: Input, request: HttpRequest, **params: Any) -> Any:
         offset = (pagination.page - 1) * pagination.page_size
+        counted = queryset.order_by()[: COUNT_CAP + 1].count()
         return {
             self.items_attribute: queryset[offset : offset + pagination.page_size],
-            "count": queryset.count(),
+            "count": min(counted, COUNT_CAP),
+            "count_capped": counted > COUNT_CAP,
         }
 
 
