@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from tasks.models import Job
-from tasks.platform.api import pagination
+from tasks.platform.selectors import counts
 from tasks.platform.selectors.queues import queue_ledger_counts
 from tests.fixtures import bearer, create_operator, grant
 from tests.support.processes import free_port
@@ -146,7 +146,7 @@ def test_jobs_are_listed_newest_first_and_paginated(client, alice):
 def test_a_list_counts_up_to_its_cap_and_says_when_more_match(client, alice, monkeypatch):
     """Counting every match read the whole ledger on each list request (seconds at 10M rows: the
     ledger_size bench); the count stops at COUNT_CAP, and the answer says when it stopped."""
-    monkeypatch.setattr(pagination, "COUNT_CAP", 4)
+    monkeypatch.setattr(counts, "COUNT_CAP", 4)
     for _ in range(4):
         make_job(alice)
     at_cap = client.get("/api/jobs", {"page_size": 2}, **bearer(alice)).json()

@@ -12,10 +12,12 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from tasks.models import Job, JobAction
+from tasks.platform.selectors import counts
 from tasks.platform.selectors.search import JobSearch, jobs_search_visible
 from tasks.platform.services.bulk import BULK_ACTION_TASK, CHUNK_SIZE
 from tasks.platform.services.recovery import job_retry
@@ -266,6 +268,31 @@ class TestAdminSearchAndBulk:
         assert "Not started: it matches no job." in nothing.content.decode()
         assert "Not started: it matches more than 2 jobs" in too_many.content.decode()
         assert not Job.objects.filter(task_name=BULK_ACTION_TASK).exists()
+
+
+# --- the admin's count ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_admin_job_list_counts_up_to_its_cap_and_says_more_than(roles, monkeypatch):
+    """Django's changelist counted every job twice a page (the filtered list and "N total"): over a
+    second at 10M rows. It counts up to COUNT_CAP, once, and says "more than" past it."""
+    monkeypatch.setattr(counts, "COUNT_CAP", 3)
+    client = signed_in(roles["viewer"])
+    failed(2)
+    with CaptureQueriesContext(connection) as queries:
+        within = client.get(CHANGELIST)
+    # Read now: each request of the test client clears the connection's log.
+    counting = [q["sql"] for q in queries if "COUNT(" in q["sql"].upper() and "tasks_job" in q["sql"]]
+    failed(2)
+    past = client.get(CHANGELIST)
+    narrowed = client.get(CHANGELIST, {"state": "failed", "task": "ops.fail"})
+
+    assert within.status_code == past.status_code == narrowed.status_code == 200
+    assert "2 jobs" in within.text and "more than" not in within.text
+    assert "more than 3 jobs" in past.text and "more than 3 jobs" in narrowed.text
+    assert past.context["cl"].result_list.count() == 4  # every job still listed
+    assert len(counting) == 1 and "LIMIT" in counting[0].upper(), counting
 
 
 # --- the PostgreSQL planner ----------------------------------------------------------------------

@@ -7,7 +7,9 @@ from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.core.paginator import Paginator
 from django.urls import path
+from django.utils.functional import cached_property
 
 from tasks.platform.admin.actions import apply_each
 from tasks.platform.admin.edits import diff_html, job_edit_view
@@ -23,6 +25,7 @@ from tasks.platform.models import ApiToken, EnqueueLimits, Job, JobAction, JobAt
 from tasks.platform.models.jobs import EDITABLE_STATES
 from tasks.platform.queues import QueueName
 from tasks.platform.registry import PAYLOAD_SCHEMAS
+from tasks.platform.selectors.counts import count_capped
 from tasks.platform.selectors.flow import job_blocked
 from tasks.platform.services.recovery import job_cancel, job_discard, job_retry
 
@@ -61,6 +64,24 @@ def _ledger_fields_with_why() -> list[str]:
     return [*names[:after_state], "why_not_running", *names[after_state:]]
 
 
+class CappedCountPaginator(Paginator):
+    """Counts the changelist up to COUNT_CAP (tasks.platform.selectors.counts), so the job list of a
+    large ledger does not read every row to say how many there are; its pagination template says
+    "more than" when the count stopped there."""
+
+    @cached_property
+    def _counted(self) -> tuple[int, bool]:
+        return count_capped(self.object_list)
+
+    @cached_property
+    def count(self) -> int:
+        return self._counted[0]
+
+    @property
+    def count_capped(self) -> bool:
+        return self._counted[1]
+
+
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = (
@@ -72,6 +93,9 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ("payload", "error")  # shows the box; search_box_results reads it
     search_help_text = SEARCH_HELP
     list_select_related = ("owner",)
+    # Counted up to a cap, and never the whole ledger besides the filtered list (admin's "N total").
+    paginator = CappedCountPaginator
+    show_full_result_count = False
     # The ledger is written by the platform; admins read it (retry and cancel come as actions).
     readonly_fields = _ledger_fields_with_why()
     inlines = [JobAttemptInline, JobActionInline]

@@ -7,9 +7,7 @@ past the database's 64-bit integers (a 500). The answer is
 ``{"items": [...], "count": n, "count_capped": false}``.
 
 ``count`` is exact up to COUNT_CAP; past it, the answer says ``"count": COUNT_CAP, "count_capped":
-true``. Counting every match reads every matching row (a scan of the whole ledger for staff), so an
-exact count would make a list as slow as its ledger is large; a capped count reads at most
-COUNT_CAP + 1 index entries.
+true`` (tasks.platform.selectors.counts says why).
 """
 
 from typing import Any
@@ -20,6 +18,7 @@ from ninja import Field, Schema
 from ninja.pagination import PaginationBase, paginate
 
 from tasks.platform.json_types import QueryInt
+from tasks.platform.selectors.counts import COUNT_CAP, count_capped
 
 #: items a page, when page_size is left out
 PAGE_SIZE = 50
@@ -28,8 +27,6 @@ MAX_PAGE_SIZE = 200
 #: the last page one may ask for: the OFFSET stays under 2**31 (MAX_PAGE * MAX_PAGE_SIZE = 2e8), within
 #: any database's integers, and far past any list a user can page through
 MAX_PAGE = 1_000_000
-#: the most a list counts; past it, ``count`` is this and ``count_capped`` is true
-COUNT_CAP = 10_000
 
 
 class ListPagination(PaginationBase):
@@ -51,11 +48,11 @@ class ListPagination(PaginationBase):
 
     def paginate_queryset(self, queryset: QuerySet, pagination: Input, request: HttpRequest, **params: Any) -> Any:
         offset = (pagination.page - 1) * pagination.page_size
-        counted = queryset.order_by()[: COUNT_CAP + 1].count()
+        count, capped = count_capped(queryset)
         return {
             self.items_attribute: queryset[offset : offset + pagination.page_size],
-            "count": min(counted, COUNT_CAP),
-            "count_capped": counted > COUNT_CAP,
+            "count": count,
+            "count_capped": capped,
         }
 
 
