@@ -119,23 +119,32 @@ def test_an_invalid_job_after_rows_already_sent_takes_them_all_back(broker, in_t
 
 
 def test_retention_prunes_old_succeeded_jobs_only():
+    # Each job created when it finished: a job finishes after it is created (retention relies on it).
     old = timezone.now() - timedelta(days=31)
     recent = timezone.now() - timedelta(days=1)
     kept = [
-        Job.objects.create(task_name="ops.ping", queue="default", state=Job.State.SUCCEEDED, finished_at=recent),
-        Job.objects.create(task_name="ops.ping", queue="default", state=Job.State.FAILED, finished_at=old),
-        Job.objects.create(task_name="ops.ping", queue="default", state=Job.State.DEAD, finished_at=old),
+        Job.objects.create(
+            task_name="ops.ping", queue="default", state=Job.State.SUCCEEDED, created_at=recent, finished_at=recent
+        ),
+        Job.objects.create(
+            task_name="ops.ping", queue="default", state=Job.State.FAILED, created_at=old, finished_at=old
+        ),
+        Job.objects.create(
+            task_name="ops.ping", queue="default", state=Job.State.DEAD, created_at=old, finished_at=old
+        ),
     ]
     # An order's workflow jobs are its history: they stay while the order does.
     customer = get_user_model().objects.create_user("customer")
     order = Order.objects.create(customer=customer, email="c@example.com", payment_token="tok_ok")
     step_job = Job.objects.create(
-        task_name="orders.validate_payment", queue="critical", state="succeeded", finished_at=old
+        task_name="orders.validate_payment", queue="critical", state="succeeded", created_at=old, finished_at=old
     )
     OrderStep.objects.create(order=order, name="validate_payment", position=1, job=step_job)
     kept.append(step_job)
     for _ in range(3):
-        job = Job.objects.create(task_name="ops.ping", queue="default", state=Job.State.SUCCEEDED, finished_at=old)
+        job = Job.objects.create(
+            task_name="ops.ping", queue="default", state=Job.State.SUCCEEDED, created_at=old, finished_at=old
+        )
         job.attempt_history.create(number=1, started_at=old, outcome="succeeded")
 
     # Jobs, not their attempts; failed and dead ones have a longer window (tests/integration/test_retention.py).
