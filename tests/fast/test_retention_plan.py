@@ -1,6 +1,7 @@
 """Retention at scale: the query that picks each chunk of expired jobs reads them from the old end
 of an index, not by walking the jobs retention keeps. Asked of PostgreSQL's planner with sequential
-scans ruled out, as on a large table, over a ledger whose kept jobs outnumber its expired ones."""
+scans and sorts ruled out, as on a large table, over a ledger whose kept jobs outnumber its expired
+ones."""
 
 from __future__ import annotations
 
