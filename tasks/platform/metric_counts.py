@@ -1,8 +1,9 @@
 """Job counts and duration histograms, aggregated in Redis per minute, queue and task.
 
 The engine calls ``count`` once per transition call, after its transaction (an insert of 5,000
-jobs, a batch's claim or its successes: one call each). Each call is one pipelined round trip of
-HINCRBYs, into two hashes:
+jobs, a batch's claim or its successes: one call each), with the transition's live events
+(tasks.platform.engine.events) riding along. Each call is one pipelined round trip: the events'
+PUBLISHes and HINCRBYs into two hashes:
 
 - the minute's (``platform:metrics:minute:<minute since the epoch>``, listed in the sorted set
   ``platform:metrics:minutes``, expiring MINUTE_TTL after its last write): the relay copies it into
@@ -99,11 +100,13 @@ def count(
     started: Iterable[tuple[str, str, float | None]] = (),
     ended: Iterable[tuple[str, str, str, float | None]] = (),
     at: float | None = None,
+    publish: Iterable[tuple[str, str]] = (),
 ) -> None:
     """Record, in one round trip: jobs enqueued, (queue, task) each; runs started, (queue, task,
     seconds since it was queued); runs ended, (outcome, queue, task, seconds it ran). A duration
     of None is counted without a histogram entry. ``at``: the moment counted (seconds since the
-    epoch; now by default)."""
+    epoch; now by default). ``publish``: pub/sub messages, (channel, message) each, sent in the
+    same round trip (lost with the counts when Redis does not answer)."""
     fields: Counter[str] = Counter()
     for queue, task in enqueued:
         fields[f"enqueued|{queue}|{task}"] += 1
@@ -111,8 +114,9 @@ def count(
         _timed(fields, "started", "wait", queue, task, waited)
     for outcome, queue, task, ran in ended:
         _timed(fields, outcome, "run", queue, task, ran)
-    if fields:
-        _write(fields, time.time() if at is None else at)
+    publish = list(publish)
+    if fields or publish:
+        _write(fields, time.time() if at is None else at, publish)
 
 
 def _timed(fields: Counter, name: str, kind: str, queue: str, task: str, seconds: float | None) -> None:
@@ -124,7 +128,7 @@ def _timed(fields: Counter, name: str, kind: str, queue: str, task: str, seconds
         fields[f"{kind}_us{pair}"] += round(seconds * 1_000_000)
 
 
-def _write(fields: Counter[str], at: float) -> None:
+def _write(fields: Counter[str], at: float, publish: list[tuple[str, str]]) -> None:
     now = time.monotonic()
     if now < _outage["until"]:
         _lost(fields, now, "Redis did not answer a moment ago")
@@ -133,11 +137,14 @@ def _write(fields: Counter[str], at: float) -> None:
     key = f"{MINUTE_PREFIX}{minute}"
     try:
         pipe = platform_redis().pipeline(transaction=False)
+        for channel, message in publish:
+            pipe.publish(channel, message)
         for name, value in fields.items():
             pipe.hincrby(key, name, value)
             pipe.hincrby(TOTALS, name, value)
-        pipe.expire(key, MINUTE_TTL)
-        pipe.zadd(MINUTES, {str(minute): minute})
+        if fields:
+            pipe.expire(key, MINUTE_TTL)
+            pipe.zadd(MINUTES, {str(minute): minute})
         pipe.execute()
     except Exception as exc:  # noqa: BLE001 - counting must never fail a job or an enqueue
         _outage["until"] = now + OUTAGE_PAUSE_SECONDS

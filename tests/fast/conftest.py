@@ -92,6 +92,27 @@ def events() -> Iterator:
     pubsub.close()
 
 
+@pytest.fixture
+def redis_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What this process sends to Redis from now on: one entry per round trip (a command, or a
+    pipeline of them), its packed commands. The platform's client is connected first: a connection's
+    handshake is not counted."""
+    from redis.connection import AbstractConnection
+
+    from tasks.platform.queues import platform_redis
+
+    platform_redis().ping()
+    sent: list[bytes] = []
+    send = AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        sent.append(b"".join(command) if isinstance(command, list | tuple) else command)
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    return sent
+
+
 # -- building jobs ------------------------------------------------------------------------------
 
 

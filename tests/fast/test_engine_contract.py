@@ -278,6 +278,20 @@ def test_begin_attempt_starts_a_job_and_opens_attempt_one(engine, events):
     assert [(event["type"], event["state"], event["worker"]) for event in received()] == [("state", "started", WORKER)]
 
 
+def test_a_run_tells_redis_its_start_and_its_end_in_one_round_trip_each(engine, events, redis_round_trips):
+    job = enqueue()
+    received = events(job)
+    redis_round_trips.clear()
+
+    attempt = run(engine, job)
+    assert len(redis_round_trips) == 1, redis_round_trips  # the "started" event with the started count
+    engine.succeed(job_id=str(job.pk), attempt=attempt, result={"ok": True})
+    assert len(redis_round_trips) == 2, redis_round_trips
+
+    assert [event["state"] for event in received()] == ["started", "succeeded"]
+    assert b"PUBLISH" in redis_round_trips[1] and b"HINCRBY" in redis_round_trips[1]
+
+
 def test_begin_attempt_without_a_queue_keeps_the_jobs(engine):
     job = enqueue(queue="bulk")
     assert run(engine, job, queue="").number == 1

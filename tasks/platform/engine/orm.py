@@ -40,7 +40,7 @@ from tasks.platform import metric_counts
 from tasks.platform.concurrency import RATES
 from tasks.platform.engine import flow
 from tasks.platform.engine import publish as messages
-from tasks.platform.engine.events import job_event_publish, job_events_publish
+from tasks.platform.engine.events import job_event, job_event_publish
 from tasks.platform.engine.workflows import steps_rearmed, steps_released, steps_stopped, with_next_steps
 from tasks.platform.models import FlowEvent, Job, JobAction, JobAttempt, JobOutbox, Pause, PauseScope
 from tasks.platform.models.jobs import EDITABLE_STATES, FINISHED_STATES, RETRYABLE_STATES, HeldReason
@@ -427,8 +427,10 @@ class OrmEngine:
             job.save(update_fields=["attempts", "state", "started_at", "worker", "queue", "held_reason"])
             JobAttempt.objects.create(job=job, number=job.attempts, worker=worker, started_at=now)
             self._next_turn([(job.queue, job.share_key)])
-        job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
-        metric_counts.count(started=[(job.queue, job.task_name, metric_counts.seconds_between(job.queued_at, now))])
+        metric_counts.count(
+            started=[(job.queue, job.task_name, metric_counts.seconds_between(job.queued_at, now))],
+            publish=[job_event(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)],
+        )
         return Attempt.started(job, max_attempts=max_attempts, task_name=job.task_name, started_at=now)
 
     def claim_batch(
@@ -470,11 +472,11 @@ class OrmEngine:
                 JobAttempt(job_id=row.pk, number=row.attempts + 1, worker=worker, started_at=now) for row in runnable
             )
             self._next_turn([(queue, row.share_key) for row in runnable])
-        job_events_publish(
-            [{"job_id": row.pk, "kind": "state", "state": Job.State.STARTED, "worker": worker} for row in runnable]
-        )
         metric_counts.count(
-            started=[(queue, task_name, metric_counts.seconds_between(row.queued_at, now)) for row in runnable]
+            started=[(queue, task_name, metric_counts.seconds_between(row.queued_at, now)) for row in runnable],
+            publish=[
+                job_event(job_id=row.pk, kind="state", state=Job.State.STARTED, worker=worker) for row in runnable
+            ],
         )
         return {
             str(row.pk): Attempt.started(
@@ -514,10 +516,10 @@ class OrmEngine:
             job.state, job.error, job.finished_at = Job.State.DEAD, reason, now
             job.save(update_fields=["state", "error", "finished_at"])
             self._stop_following(job.pk, Job.State.DEAD, reason)
-            job_event_publish(job_id=job.pk, kind="state", state=Job.State.DEAD, error=reason)
         if dead:
             died = [(Job.State.DEAD, job.queue, job.task_name, None) for job in dead]  # run time unknown
-            transaction.on_commit(partial(metric_counts.count, ended=died))
+            events = [job_event(job_id=job.pk, kind="state", state=Job.State.DEAD, error=job.error) for job in dead]
+            transaction.on_commit(partial(metric_counts.count, ended=died, publish=events))
         return dead
 
     def recover_lost(self, *, runs: dict[str, LostRun], max_worker_losses: int) -> int:
@@ -584,13 +586,15 @@ class OrmEngine:
             callbacks = Counter(attempts[job_id].then_id for job_id in succeeded if attempts[job_id].then_id)
             if followed or callbacks:
                 self._publish_again(steps_released(job_ids=followed, callbacks=callbacks))
-        job_events_publish(
-            [
-                {"job_id": job_id, "kind": "state", "state": Job.State.SUCCEEDED, "result": results[job_id]}
+        count_ended(
+            Job.State.SUCCEEDED,
+            [attempts[job_id] for job_id in succeeded],
+            now,
+            publish=[
+                job_event(job_id=job_id, kind="state", state=Job.State.SUCCEEDED, result=results[job_id])
                 for job_id in succeeded
-            ]
+            ],
         )
-        count_ended(Job.State.SUCCEEDED, [attempts[job_id] for job_id in succeeded], now)
 
     def fail(
         self,
@@ -630,7 +634,6 @@ class OrmEngine:
             Job.objects.filter(pk=job_id).update(**fields)
             if state != Job.State.RETRYING:
                 self._stop_following(job_id, state, error)
-        job_event_publish(job_id=job_id, kind="state", state=state, error=error)
         metric_counts.count(
             ended=[
                 (
@@ -639,7 +642,8 @@ class OrmEngine:
                     job["task_name"],
                     metric_counts.seconds_between(job["started_at"], now),
                 )
-            ]
+            ],
+            publish=[job_event(job_id=job_id, kind="state", state=state, error=error)],
         )
 
     def abandon_batch(self, *, job_ids: Sequence[str], reason: str, ran: bool) -> None:
@@ -675,8 +679,10 @@ class OrmEngine:
                 self._stop_following(job_id, Job.State.DEAD, reason)
                 queue, task_name = Job.objects.filter(pk=job_id).values_list("queue", "task_name").get()
         if changed:
-            job_event_publish(job_id=job_id, kind="state", state=Job.State.DEAD, error=reason)
-            metric_counts.count(ended=[(Job.State.DEAD, queue, task_name, None)])
+            metric_counts.count(
+                ended=[(Job.State.DEAD, queue, task_name, None)],
+                publish=[job_event(job_id=job_id, kind="state", state=Job.State.DEAD, error=reason)],
+            )
         return bool(changed)
 
     # -- an operator's actions ------------------------------------------------------------------
@@ -786,14 +792,18 @@ class OrmEngine:
             )
 
 
-def count_ended(outcome: str, attempts: Sequence[Attempt], now: datetime) -> None:
-    """Runs that ended ``outcome`` (succeeded, failed or dead), counted with how long they ran."""
+def count_ended(
+    outcome: str, attempts: Sequence[Attempt], now: datetime, *, publish: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Runs that ended ``outcome`` (succeeded, failed or dead), counted with how long they ran, and
+    their events (``publish``) in the same round trip."""
     if attempts:
         metric_counts.count(
             ended=[
                 (outcome, attempt.queue, attempt.task_name, metric_counts.seconds_between(attempt.started_at, now))
                 for attempt in attempts
-            ]
+            ],
+            publish=publish,
         )
 
 

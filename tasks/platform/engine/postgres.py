@@ -31,7 +31,7 @@ from django.utils import timezone
 from tasks.platform import metric_counts
 from tasks.platform.concurrency import RATES
 from tasks.platform.engine import flow
-from tasks.platform.engine.events import job_event_publish
+from tasks.platform.engine.events import job_event
 from tasks.platform.engine.orm import Attempt, OrmEngine, count_ended, count_enqueued_on_commit
 from tasks.platform.models import Job, JobAttempt, JobOutbox, Pause, PauseScope
 from tasks.platform.models.jobs import FINISHED_STATES
@@ -162,8 +162,10 @@ class PostgresEngine(OrmEngine):
             )
         started = _StartedRow(*row)
         self._next_turn([(started.queue, started.share_key)])
-        job_event_publish(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)
-        metric_counts.count(started=[(started.queue, task_name, metric_counts.seconds_between(started.queued_at, now))])
+        metric_counts.count(
+            started=[(started.queue, task_name, metric_counts.seconds_between(started.queued_at, now))],
+            publish=[job_event(job_id=job_id, kind="state", state=Job.State.STARTED, worker=worker)],
+        )
         return Attempt.started(started, max_attempts=max_attempts, task_name=task_name, started_at=now)
 
     def succeed(self, *, job_id: str, attempt: Attempt, result: Any) -> None:
@@ -186,8 +188,8 @@ class PostgresEngine(OrmEngine):
             )
             changed = cursor.rowcount > 0
         if changed:
-            job_event_publish(job_id=job_id, kind="state", state=Job.State.SUCCEEDED, result=result)
-            count_ended(Job.State.SUCCEEDED, [attempt], now)
+            event = job_event(job_id=job_id, kind="state", state=Job.State.SUCCEEDED, result=result)
+            count_ended(Job.State.SUCCEEDED, [attempt], now, publish=[event])
 
 
 @cache
