@@ -10,6 +10,7 @@ ACK before its body left, about 45 ms a request on Linux (uvicorn issue #3149, f
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 
 from uvicorn import Config
@@ -19,7 +20,8 @@ from tests.support.processes import BASE_DIR
 
 def test_the_procfile_runs_several_web_workers():
     web = next(line for line in (BASE_DIR / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    assert "--workers 2" in web  # the path below: the supervisor binds the socket
+    workers = re.search(r"--workers (\d+)", web)
+    assert workers and int(workers.group(1)) > 1  # the path below: the supervisor binds the socket
 
 
 def test_connections_accepted_from_the_supervisors_socket_have_nagle_off():
