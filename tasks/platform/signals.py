@@ -17,7 +17,6 @@ A body the worker cannot decode has no signal: ``tasks.platform.worker.LedgerCon
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import redis
@@ -34,7 +33,7 @@ from celery.signals import (
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
-from tasks.platform import heartbeats, logs
+from tasks.platform import cpu_priority, heartbeats, logs
 from tasks.platform.engine import engine
 from tasks.platform.queues import CONSUMER_TTL_SECONDS, QueueName, consumer_key, platform_redis
 
@@ -47,10 +46,11 @@ _consumed: list[str] = []
 @worker_init.connect
 def yield_cpu_to_the_web(sender: Any = None, **_: Any) -> None:
     """A worker of the bulk queue alone runs at a lower CPU priority (BULK_WORKER_NICE), it and the
-    pool processes it forks: its CPU-heavy jobs then take only the cores web, the other queues'
-    workers and the database leave idle."""
+    pool processes it forks, also against programs of other sessions (tasks.platform.cpu_priority):
+    its CPU-heavy jobs then take only the cores web, the other queues' workers and the database
+    leave idle."""
     if settings.BULK_WORKER_NICE and set(sender.app.amqp.queues.consume_from) == {QueueName.BULK.value}:
-        os.nice(settings.BULK_WORKER_NICE)
+        cpu_priority.lower(settings.BULK_WORKER_NICE)
 
 
 @worker_ready.connect

@@ -254,3 +254,10 @@ def test_no_service_runs_with_debug_on(services):
     for name, service in services.items():
         value = _environment(service).get("DJANGO_DEBUG", "false").strip().lower()
         assert value in ("", "0", "false", "no", "off"), f"{name}: DJANGO_DEBUG={value!r} in production"
+
+
+def test_the_bulk_workers_container_yields_the_cpu_to_the_others(services, app_services):
+    # A container's processes share the CPU with other containers by cgroup weight: the bulk
+    # worker's nice value (BULK_WORKER_NICE) counts only inside its own container.
+    assert services["worker-bulk"]["cpu_shares"] < 1024
+    assert all("cpu_shares" not in services[name] for name in app_services if name != "worker-bulk")

@@ -1,0 +1,87 @@
+"""A lowered CPU priority holds against other sessions only through the session's autogroup, and
+only a session that is the process's own may get it (tasks.platform.cpu_priority). Real
+processes in real sessions: a session of its own, one whose leader is the shell that started it
+(honcho's way under ``make run``), and one shared with another program."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.processes import BASE_DIR
+
+ASK = "from tasks.platform.cpu_priority import session_is_own; print(session_is_own())"
+LOWER = "from tasks.platform.cpu_priority import lower; lower(7); print(open('/proc/self/autogroup').read())"
+#: a process that burns a core, for the share test
+SPIN = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end: pass"
+
+needs_autogroup = pytest.mark.skipif(
+    not Path("/proc/self/autogroup").exists(), reason="this kernel has no autogroup scheduling"
+)
+
+
+def run(command: str, *, by_sh: bool = False, new_session: bool = True) -> str:
+    """Python ``command``'s output, or with ``by_sh`` the output of a script run by ``sh -c`` (as
+    honcho runs a Procfile's line); in a new session unless told."""
+    argv = ["sh", "-c", command] if by_sh else [sys.executable, "-c", command]
+    result = subprocess.run(
+        argv, cwd=BASE_DIR, capture_output=True, text=True, timeout=30, start_new_session=new_session
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def beside_another_program(code: str) -> str:
+    """A shell command: ``code`` run while another program of the same session runs."""
+    return f'sleep 30 >/dev/null 2>&1 & other=$!; {sys.executable} -c "{code}"; status=$?; kill $other; exit $status'
+
+
+def test_a_session_of_its_own():
+    assert run(ASK) == "True"
+
+
+def test_a_session_led_by_the_shell_that_started_it():
+    assert run(f'{sys.executable} -c "{ASK}"', by_sh=True) == "True"
+
+
+def test_a_session_shared_with_another_program():
+    assert run(beside_another_program(ASK), by_sh=True) == "False"
+
+
+def test_the_session_of_whoever_started_it_is_not_its_own():
+    # pytest's session holds pytest and whatever started it, none of them descendants of the child
+    assert run(ASK, new_session=False) == "False"
+
+
+@needs_autogroup
+def test_its_own_session_gets_the_nice_value_and_a_shared_one_keeps_its_own():
+    assert run(LOWER).endswith("nice 7")
+    shared = run(beside_another_program(LOWER), by_sh=True)
+    assert shared.endswith("nice 0")
+
+
+@needs_autogroup
+def test_a_lowered_process_of_another_session_yields_the_core():
+    """Two busy processes on one core, each in a session of its own: the lowered one gets its nice
+    value's share (about a tenth at nice 10), not half as with os.nice alone."""
+    lowered = f"from tasks.platform.cpu_priority import lower; lower(10)\n{SPIN}"
+    spinners = [
+        subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", code], cwd=BASE_DIR, start_new_session=True)
+        for code in (SPIN, lowered)
+    ]
+    try:
+        time.sleep(0.5)  # both started and spinning
+        processes = [psutil.Process(spinner.pid) for spinner in spinners]
+        before = [sum(process.cpu_times()[:2]) for process in processes]
+        time.sleep(2)
+        used = [sum(process.cpu_times()[:2]) - start for process, start in zip(processes, before, strict=True)]
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert used[1] < 0.3 * (used[0] + used[1]), used
