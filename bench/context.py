@@ -16,7 +16,8 @@ class Sizes:
     """How many jobs, samples and seconds each scenario measures."""
 
     drain_batched: int = 10_000
-    drain_single: int = 1_000
+    #: a drain of 1,000 was over before raw Celery's start-up stopped deciding its figure
+    drain_single: int = 5_000
     #: 200 messages of 100 jobs: a drain of 5,000 (50 messages for 32 threads) lasted 1.5 s, much of
     #: it the consumers' start and a last wave with half the threads idle, not the throughput
     drain_io: int = 20_000
