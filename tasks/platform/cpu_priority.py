@@ -7,8 +7,9 @@ that starts each program in a session of its own (honcho under ``make run``, the
 therefore made ``os.nice`` alone change nothing against the web: the two shared a core half and
 half. The session's autogroup gets the same nice value (written to ``/proc/self/autogroup``), but
 only when every other process of the session is an ancestor of this one (the shell that started
-it): a session shared with other programs keeps its priority, for their sake, and the nice value
-then counts against them only.
+it), and the session has no terminal: a session shared with other programs, or a terminal's that
+will start more, keeps its priority for their sake, and the nice value then counts against them
+only.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ def lower(nice: int) -> None:
         return  # not Linux, or a kernel without autogroup scheduling: the nice value is enough
     if not session_is_own():
         logger.warning(
-            "the CPU priority is lowered only against this process's own session (pid %s shares session %s "
-            "with other programs)",
-            os.getpid(),
+            "the CPU priority is lowered only against processes of this one's session (session %s, shared "
+            "with other programs or a terminal's)",
             os.getsid(0),
         )
         return
@@ -44,8 +44,11 @@ def lower(nice: int) -> None:
 
 
 def session_is_own() -> bool:
-    """Whether every other process of this process's session is one of its ancestors."""
+    """Whether this process's session is its own: no terminal, and every other process of the
+    session one of its ancestors."""
     me = psutil.Process()
+    if me.terminal() is not None:
+        return False  # a terminal's session: what its user starts there later would share the priority
     session = os.getsid(0)
     ancestors = {parent.pid for parent in me.parents()}
     for process in psutil.process_iter():

@@ -53,6 +53,31 @@ def test_a_session_shared_with_another_program():
     assert run(beside_another_program(ASK), by_sh=True) == "False"
 
 
+def test_a_terminals_session_is_not_its_own():
+    # pty.fork: the child leads a new session whose controlling terminal is the pty, as a shell in
+    # a terminal window does; nothing else runs in it yet, but its user may start more there
+    in_a_terminal = (
+        "import os, pty, sys\n"
+        "pid, fd = pty.fork()\n"
+        "if pid == 0:\n"
+        f"    {ASK}\n"
+        "    sys.stdout.flush()\n"
+        "    os._exit(0)\n"
+        "out = b''\n"
+        "while True:\n"
+        "    try:\n"
+        "        chunk = os.read(fd, 1024)\n"
+        "    except OSError:\n"
+        "        break\n"
+        "    if not chunk:\n"
+        "        break\n"
+        "    out += chunk\n"
+        "os.waitpid(pid, 0)\n"
+        "print(out.decode().strip())\n"
+    )
+    assert run(in_a_terminal) == "False"
+
+
 def test_the_session_of_whoever_started_it_is_not_its_own():
     # pytest's session holds pytest and whatever started it, none of them descendants of the child
     assert run(ASK, new_session=False) == "False"
