@@ -1,7 +1,7 @@
 """A lowered CPU priority holds against other sessions only through the session's autogroup, and
 only a session that is the process's own may get it (tasks.platform.cpu_priority). Real
 processes in real sessions: a session of its own, one whose leader is the shell that started it
-(honcho's way under ``make run``), and one shared with another program."""
+(honcho's way under ``make run``), one shared with another program, and a terminal's."""
 
 from __future__ import annotations
 
@@ -25,13 +25,11 @@ needs_autogroup = pytest.mark.skipif(
 )
 
 
-def run(command: str, *, by_sh: bool = False, new_session: bool = True) -> str:
+def run(command: str, *, by_sh: bool = False) -> str:
     """Python ``command``'s output, or with ``by_sh`` the output of a script run by ``sh -c`` (as
-    honcho runs a Procfile's line); in a new session unless told."""
+    honcho runs a Procfile's line); in a new session."""
     argv = ["sh", "-c", command] if by_sh else [sys.executable, "-c", command]
-    result = subprocess.run(
-        argv, cwd=BASE_DIR, capture_output=True, text=True, timeout=30, start_new_session=new_session
-    )
+    result = subprocess.run(argv, cwd=BASE_DIR, capture_output=True, text=True, timeout=30, start_new_session=True)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -76,11 +74,6 @@ def test_a_terminals_session_is_not_its_own():
         "print(out.decode().strip())\n"
     )
     assert run(in_a_terminal) == "False"
-
-
-def test_the_session_of_whoever_started_it_is_not_its_own():
-    # pytest's session holds pytest and whatever started it, none of them descendants of the child
-    assert run(ASK, new_session=False) == "False"
 
 
 @needs_autogroup
