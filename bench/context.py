@@ -57,9 +57,12 @@ class Sizes:
     #: their retention
     ledger_rows: int = 10_000_000
     ledger_expired: int = 1_000_000
-    #: job_enqueue calls timed, and no-op jobs drained, on each ledger (scenario ledger_size)
+    #: job_enqueue calls timed, and no-op jobs drained in each of ledger_drains drains, on each
+    #: ledger (scenario ledger_size): a median of drains long enough that the worker's switch to
+    #: the queue and a burst of machine noise do not decide the figure
     ledger_enqueue: int = 2_000
-    ledger_drain: int = 1_000
+    ledger_drain: int = 3_000
+    ledger_drains: int = 3
     #: GET /api/jobs requests timed of each list (scenario ledger_size)
     ledger_api_samples: int = 30
     #: enqueues a second, one at a time, at rest and while retention runs, and how long at rest
@@ -101,6 +104,7 @@ SMOKE = Sizes(
     ledger_expired=1_000,
     ledger_enqueue=40,
     ledger_drain=50,
+    ledger_drains=1,
     ledger_api_samples=3,
     ledger_quiet_seconds=1,
     ledger_retention_seconds=60,

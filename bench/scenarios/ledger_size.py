@@ -15,7 +15,7 @@ Each phase measures, in this order:
   bench/scenarios/enqueue.py times ours (jobs/s);
 - drain: ``ledger_drain`` no-op jobs sent one a message (``job_enqueue``), then consumed by the
   worker, timed from its switch to the queue to the last ``finished_at``, as bench/scenarios/drain.py
-  times ours (jobs/s);
+  times ours (jobs/s); ``ledger_drains`` times, the median reported (each drain in the details);
 - enqueue latency at rest: ``job_enqueue`` one at a time at ``ledger_enqueue_rate`` a second for
   ``ledger_quiet_seconds`` (p50, p99, max, ms).
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import time
 from datetime import timedelta
@@ -392,7 +393,7 @@ def phase(bench: Bench, workers: Workers, base_url: str, token: str, *, rows: in
     if not rows:
         bench.reset()
     measured["enqueue"] = measure_enqueue(bench)
-    measured["drain"] = measure_drain(bench, workers)
+    measured["drains"] = [measure_drain(bench, workers) for _ in range(sizes.ledger_drains)]
     measured["quiet"] = quiet_enqueues(bench)
     if not rows:  # the retention's baseline: a ledger of the expired rows only
         fill(expired, expired=expired, owners=owners)
@@ -437,11 +438,13 @@ def record(results: Results, bench: Bench, empty: dict, full: dict) -> None:
     figure("enqueue", f"Enqueue: job_enqueue one at a time, {at}", "jobs/s", full["enqueue"], empty["enqueue"], keep)
     figure(
         "drain",
-        f"Drain of no-op jobs sent by job_enqueue, {DEFAULT_TOPOLOGY.label}, {at}",
+        f"Drain of no-op jobs sent by job_enqueue, {DEFAULT_TOPOLOGY.label}, median of {sizes.ledger_drains}, {at}",
         "jobs/s",
-        full["drain"],
-        empty["drain"],
+        statistics.median(full["drains"]),
+        statistics.median(empty["drains"]),
         keep,
+        drains=[round(value) for value in full["drains"]],
+        baseline_drains=[round(value) for value in empty["drains"]],
     )
     for key, what in (("list", "GET /api/jobs"), ("list_state", f"GET /api/jobs?state={LIST_STATE}")):
         for pct in (50, 95):
